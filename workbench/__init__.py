@@ -1,0 +1,59 @@
+"""Segmentation Workbench: see how semantic-segmentation architectures differ.
+
+Public API::
+
+    import workbench
+    workbench.list_architectures()                      # ['deeplabv3plus', 'fcn16s', ...]
+    model = workbench.create_model("unet", num_classes=11)
+    workbench.save_checkpoint("runs/unet", model, {"classes": [...]})
+    model, manifest = workbench.load_checkpoint("runs/unet.json")
+    pred = workbench.Predictor("checkpoints/unet_camvid.json").predict("street.jpg")
+    pred.labels, pred.probs, pred.latency_ms
+"""
+
+from .registry import (
+    ArchitectureInfo,
+    UnknownChoiceError,
+    create_model,
+    get_architecture,
+    list_architectures,
+    load_plugins,
+    plugin_errors,
+    register_architecture,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchitectureInfo",
+    "CheckpointError",
+    "ImageError",
+    "Prediction",
+    "Predictor",
+    "UnknownChoiceError",
+    "create_model",
+    "get_architecture",
+    "list_architectures",
+    "load_checkpoint",
+    "load_image",
+    "load_plugins",
+    "plugin_errors",
+    "register_architecture",
+    "save_checkpoint",
+]
+
+
+def __getattr__(name):  # lazy: keep `import workbench` light for plugins and the CLI
+    if name in ("save_checkpoint", "load_checkpoint", "CheckpointError"):
+        from . import checkpoint
+
+        return getattr(checkpoint, name)
+    if name in ("Predictor", "Prediction"):
+        from . import predictor
+
+        return getattr(predictor, name)
+    if name in ("load_image", "ImageError"):
+        from . import imageio
+
+        return getattr(imageio, name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -1,0 +1,254 @@
+"""Self-describing checkpoints: ``name.safetensors`` weights plus a ``name.json`` manifest.
+
+The manifest names the architecture and every constructor kwarg, so
+``load_checkpoint`` rebuilds any model from the files alone (as smp's
+``from_pretrained``); it also carries class names and colours, the input
+normalisation, the sha256 of the weights, and metrics and training recipe when
+known. Weights are only ever read with ``safetensors``: a pickle (including a
+``torch.save`` zip) is refused before anything is deserialised.
+
+Both files are written atomically (temporary file, fsync, rename), weights
+first, so an interrupted save never leaves a truncated file in place of a
+good one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .classes import default_classes, default_normalization
+from .registry import UnknownChoiceError, create_model
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes"]
+
+FORMAT = "workbench-checkpoint"
+FORMAT_VERSION = 1
+_MAX_MANIFEST_BYTES = 10 * 1024 * 1024
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says which file and why."""
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(weights, manifest)`` paths for ``x``, ``x.json`` or ``x.safetensors``."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[str, Any] | None = None, *, dtype: torch.dtype | None = None) -> Path:
+    """Save ``model`` as ``<path>.safetensors`` plus a ``<path>.json`` manifest.
+
+    Args:
+        path: ``x``, ``x.json`` or ``x.safetensors`` (the other file goes beside it).
+        model: a model from :func:`workbench.create_model` (its ``workbench_config``
+            names the architecture and kwargs), or any module if ``manifest`` has
+            ``architecture`` and ``kwargs``.
+        manifest: extra manifest fields: ``classes`` (list of ``{"name", "color"}``),
+            ``normalization`` (``{"mean", "std"}``), ``metrics``, ``training``, ...
+        dtype: store floating-point weights in this dtype (e.g. ``torch.float16``);
+            they are loaded back as float32.
+
+    Returns:
+        The manifest path.
+    """
+    manifest = dict(manifest or {})
+    config = dict(getattr(model, "workbench_config", {}) or {})
+    arch = manifest.get("architecture", config.get("architecture"))
+    kwargs = manifest.get("kwargs", config.get("kwargs"))
+    if not arch or kwargs is None:
+        raise CheckpointError("cannot tell the architecture: build the model with workbench.create_model or pass manifest['architecture'] and manifest['kwargs']")
+    if config and (config.get("architecture") != arch):
+        raise CheckpointError(f"manifest says architecture {arch!r} but the model was built as {config.get('architecture')!r}")
+    weights_path, manifest_path = checkpoint_paths(path)
+
+    tensors = {}
+    for k, v in model.state_dict().items():
+        t = v.detach().to("cpu", copy=True).contiguous()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        tensors[k] = t
+    _atomic_save_tensors(weights_path, tensors, {"format": "pt", "architecture": str(arch)})
+
+    num_classes = int(kwargs.get("num_classes", 0))
+    in_chans = int(kwargs.get("in_chans", 3))
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch,
+        "kwargs": kwargs,
+        "classes": default_classes(num_classes),
+        "normalization": default_normalization(in_chans),
+        "input": {"channels": in_chans, "mode": "L" if in_chans == 1 else "RGB"},
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+    out.update({k: v for k, v in manifest.items() if k not in ("weights", "format", "format_version")})
+    from . import __version__
+
+    out["weights"] = {
+        "file": weights_path.name,
+        "sha256": sha256_file(weights_path),
+        "bytes": weights_path.stat().st_size,
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else "as_trained",
+    }
+    out.setdefault("created_utc", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    out["software"] = {"workbench": __version__, "torch": torch.__version__}
+    if len(out["classes"]) != num_classes:
+        raise CheckpointError(f"manifest lists {len(out['classes'])} classes but the model has num_classes={num_classes}")
+    atomic_write_bytes(manifest_path, (json.dumps(out, indent=2) + "\n").encode())
+    return manifest_path
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a manifest (given the ``.json``, the ``.safetensors`` or the stem)."""
+    _, manifest_path = checkpoint_paths(path)
+    if not manifest_path.is_file():
+        raise CheckpointError(f"no manifest {manifest_path.name} beside {Path(path).name}: a checkpoint is a .safetensors file plus its .json manifest")
+    if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{manifest_path}: manifest is larger than {_MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{manifest_path}: not a valid JSON manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path}: manifest must be a JSON object")
+    for key, typ in (("architecture", str), ("kwargs", dict), ("weights", dict)):
+        if not isinstance(manifest.get(key), typ):
+            raise CheckpointError(f"{manifest_path}: manifest lacks a valid {key!r} field")
+    if not isinstance(manifest["weights"].get("sha256"), str):
+        raise CheckpointError(f"{manifest_path}: manifest lacks weights.sha256")
+    manifest["_path"] = str(manifest_path)
+    return manifest
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, without deserialising it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(
+            f"{path.name} is a pickle / torch.save file, not safetensors; refusing to unpickle it "
+            "(pickles can run arbitrary code). Convert it with safetensors.torch.save_file on a trusted machine."
+        )
+    if len(head) < 9:
+        raise CheckpointError(f"{path.name} is truncated or empty ({size} bytes): not a safetensors file")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER_BYTES or 8 + n > size or head[8:9] != b"{":
+        raise CheckpointError(f"{path.name} is not a valid safetensors file (bad header); it may be truncated or of another format")
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint saved by :func:`save_checkpoint`.
+
+    Args:
+        path: the ``.json`` manifest, the ``.safetensors`` weights or their common stem.
+        device: where to put the model.
+
+    Returns:
+        ``(model, manifest)``: the model in eval mode with float32 weights.
+
+    Raises:
+        CheckpointError: missing or invalid manifest, weights that are not
+            safetensors, a hash mismatch, an unknown architecture or weights
+            that do not fit the architecture. The message says which and why.
+    """
+    manifest = read_manifest(path)
+    manifest_path = Path(manifest["_path"])
+    weights_path = manifest_path.parent / manifest["weights"].get("file", manifest_path.with_suffix(".safetensors").name)
+    if weights_path.parent != manifest_path.parent:
+        raise CheckpointError(f"{manifest_path}: weights.file must name a file beside the manifest")
+    if not weights_path.is_file():
+        raise CheckpointError(f"weights file {weights_path.name} named by {manifest_path.name} does not exist")
+    _check_safetensors(weights_path)
+    digest = sha256_file(weights_path)
+    if digest != manifest["weights"]["sha256"]:
+        raise CheckpointError(
+            f"{weights_path.name}: sha256 {digest[:12]}... does not match the manifest ({manifest['weights']['sha256'][:12]}...); "
+            "the weights were modified or corrupted"
+        )
+    kwargs = dict(manifest["kwargs"])
+    if "encoder_weights" in kwargs:
+        kwargs["encoder_weights"] = None  # the checkpoint holds the weights: never download
+    num_classes = kwargs.get("num_classes")
+    classes = manifest.get("classes")
+    if isinstance(classes, list) and len(classes) != num_classes:
+        raise CheckpointError(f"{manifest_path.name}: {len(classes)} classes listed but num_classes={num_classes}")
+    try:
+        model = create_model(manifest["architecture"], **kwargs)
+    except UnknownChoiceError as exc:
+        raise CheckpointError(f"{manifest_path.name}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{manifest_path.name}: cannot build {manifest['architecture']!r} with the stored kwargs: {exc}") from None
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights_path.name}: cannot read safetensors: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with wrong shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise CheckpointError(f"{weights_path.name} does not fit {manifest['architecture']} with the manifest's kwargs: " + "; ".join(parts))
+    state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.workbench_manifest = manifest
+    return model.to(device).eval(), manifest

@@ -1,0 +1,209 @@
+"""Inference on one image: load, preprocess, forward, postprocess.
+
+``Predictor`` wraps a model or a checkpoint path. Large images are resized to a
+working size (``max_side``) for the network and the label map is brought back
+to the original size, so memory stays bounded whatever the upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from .classes import default_classes, default_normalization
+from .imageio import load_image
+from .model import MIN_INPUT_SIZE
+
+__all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "autocast_context"]
+
+DEFAULT_MAX_SIDE = 1024  # working size: the longer side is resized down to this
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA and on CPUs with native bf16, else ``"fp32"``."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], band_pixels: int = 1 << 20) -> torch.Tensor:
+    """``argmax`` of bilinearly upsampled ``logits`` (1, C, h, w) at ``size``, in row bands.
+
+    Same result as ``F.interpolate(logits, size, mode="bilinear").argmax(1)`` but the
+    full-size (C, H, W) tensor is never materialised, so a 6000x4000 upload costs
+    a few tens of MB instead of a gigabyte.
+    """
+    h, w = size
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1  # align_corners=False sample positions
+    rows = max(1, band_pixels // max(w, 1))
+    out = torch.empty((h, w), dtype=torch.int64)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        ys = (torch.arange(r0, r1, dtype=torch.float32) + 0.5) / h * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]  # (1, band, W, 2) as (x, y)
+        band = F.grid_sample(logits.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[r0:r1] = band[0].argmax(0)
+    return out
+
+
+@dataclass
+class Prediction:
+    """The result of :meth:`Predictor.predict`.
+
+    Attributes:
+        labels: (H, W) integer class map at the original image size (display orientation).
+        probs_work: (C, h, w) float32 softmax probabilities at the working size.
+        latency_ms: wall time of the whole predict call.
+        timings: milliseconds per stage (``load``, ``preprocess``, ``forward``, ``postprocess``).
+        image: the input as decoded (display orientation), at the original size.
+        classes: ``[{"name", "color"}]`` per class.
+    """
+
+    labels: np.ndarray
+    probs_work: np.ndarray
+    latency_ms: float
+    timings: dict[str, float]
+    image: Image.Image
+    classes: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        """(C, H, W) float32 per-class probabilities at the original image size (computed on first access)."""
+        h, w = self.labels.shape
+        if self.probs_work.shape[1:] == (h, w):
+            return self.probs_work
+        t = torch.from_numpy(self.probs_work)[None]
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
+
+
+class Predictor:
+    """Run a segmentation model on single images.
+
+    Args:
+        model_or_checkpoint: an ``nn.Module`` (e.g. from :func:`workbench.create_model`) or
+            the path of a checkpoint (``.json`` manifest or ``.safetensors`` weights).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
+        precision: ``"auto"`` (bf16 autocast where the hardware has it), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        max_side: images whose longer side exceeds this are resized down for the network;
+            the labels come back at the original size.
+        classes, normalization: override what the checkpoint manifest says.
+    """
+
+    def __init__(
+        self,
+        model_or_checkpoint: nn.Module | str | os.PathLike,
+        device: str | torch.device = "auto",
+        *,
+        precision: str = "auto",
+        max_side: int = DEFAULT_MAX_SIDE,
+        classes: list[dict] | None = None,
+        normalization: dict | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        if isinstance(model_or_checkpoint, nn.Module):
+            model = model_or_checkpoint
+            manifest = dict(getattr(model, "workbench_manifest", {}) or {})
+            if not manifest:
+                manifest = dict(getattr(model, "workbench_config", {}) or {})
+        else:
+            from .checkpoint import load_checkpoint
+
+            model, manifest = load_checkpoint(Path(model_or_checkpoint))
+        kwargs = manifest.get("kwargs", {})
+        self.in_chans = int(kwargs.get("in_chans", 3))
+        num_classes = kwargs.get("num_classes")
+        self.manifest = manifest
+        self.classes = classes or manifest.get("classes") or default_classes(int(num_classes or 0))
+        norm = normalization or manifest.get("normalization") or default_normalization(self.in_chans)
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32).view(-1, 1, 1)
+        self.precision = resolve_precision(precision, self.device)
+        self.max_side = int(max_side)
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.in_chans == 1 else "RGB"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL image (in ``self.mode``) -> normalised (1, C, h, w) tensor at the working size."""
+        w, h = image.size
+        scale = min(1.0, self.max_side / max(w, h))
+        if scale < 1.0:
+            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        arr = np.asarray(image, dtype=np.uint8)
+        t = torch.from_numpy(arr.copy()).float().div_(255)
+        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, h, w)
+        t = (t - self.mean) / self.std
+        t = t[None]  # (1, C, h, w)
+        h2, w2 = t.shape[-2:]
+        if min(h2, w2) < MIN_INPUT_SIZE:  # tiny or very thin images: upscale the short side to the minimum
+            f = MIN_INPUT_SIZE / min(h2, w2)
+            t = F.interpolate(t, size=(max(MIN_INPUT_SIZE, round(h2 * f)), max(MIN_INPUT_SIZE, round(w2 * f))), mode="bilinear", align_corners=False)
+        return t
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward pass on a preprocessed batch (float32 logits on the CPU)."""
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.precision):
+            y = self.model(x)
+        return y.float().cpu()
+
+    def predict(self, image) -> Prediction:
+        """Segment one image (PIL image, numpy array, path or bytes).
+
+        Returns:
+            :class:`Prediction` with labels at the original size.
+        """
+        t0 = time.perf_counter()
+        im = load_image(image, self.mode)
+        t1 = time.perf_counter()
+        x = self.preprocess(im)
+        t2 = time.perf_counter()
+        logits = self.logits(x)  # (1, C, h, w)
+        t3 = time.perf_counter()
+        probs = logits.softmax(1)[0]  # (C, h, w)
+        w, h = im.size
+        labels = upsample_argmax(logits, (h, w)) if probs.shape[-2:] != (h, w) else probs.argmax(0)
+        dtype = np.uint8 if probs.shape[0] <= 256 else np.int32
+        labels_np = labels.numpy().astype(dtype)
+        t4 = time.perf_counter()
+        timings = {"load": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "forward": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3}
+        return Prediction(labels=labels_np, probs_work=probs.numpy(), latency_ms=(t4 - t0) * 1e3, timings=timings, image=im, classes=self.classes)

@@ -1,0 +1,138 @@
+"""Pure functions that turn label maps and probabilities into pictures.
+
+Everything here takes and returns numpy arrays (uint8 RGB images are
+``(H, W, 3)``); nothing touches models, files or the UI.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = [
+    "colorize",
+    "overlay",
+    "legend_html",
+    "disagreement",
+    "disagreement_image",
+    "error_map",
+    "heatmap",
+    "class_probability_maps",
+    "one_hot",
+]
+
+
+def _colors_array(classes_or_colors) -> np.ndarray:
+    cols = [c["color"] if isinstance(c, dict) else c for c in classes_or_colors]
+    return np.asarray(cols, dtype=np.uint8).reshape(-1, 3)
+
+
+def colorize(labels: np.ndarray, classes_or_colors, void_color=(0, 0, 0)) -> np.ndarray:
+    """(H, W) integer labels -> (H, W, 3) uint8 colours; labels outside the class range get ``void_color``."""
+    colors = _colors_array(classes_or_colors)
+    lut = np.vstack([colors, np.asarray(void_color, dtype=np.uint8)[None]])
+    idx = np.asarray(labels).astype(np.int64)
+    idx = np.where((idx < 0) | (idx >= len(colors)), len(colors), idx)
+    return lut[idx]
+
+
+def overlay(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour mask onto an image: ``(1 - alpha) * image + alpha * mask`` (uint8, same size)."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.shape[:2] != mask_rgb.shape[:2]:
+        raise ValueError(f"image {img.shape[:2]} and mask {mask_rgb.shape[:2]} differ in size")
+    a = float(np.clip(alpha, 0.0, 1.0))
+    out = (1.0 - a) * img[..., :3].astype(np.float32) + a * mask_rgb.astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def legend_html(classes, present: np.ndarray | None = None) -> str:
+    """A compact HTML legend: a colour swatch and the name per class (only ``present`` ones if given)."""
+    items = []
+    for i, c in enumerate(classes):
+        if present is not None and i not in set(np.asarray(present).tolist()):
+            continue
+        r, g, b = c["color"]
+        items.append(
+            f'<span style="display:inline-flex;align-items:center;margin:0 8px 2px 0;white-space:nowrap">'
+            f'<span style="width:12px;height:12px;background:rgb({r},{g},{b});border:1px solid #888;margin-right:4px;display:inline-block"></span>'
+            f"{html.escape(str(c['name']))}</span>"
+        )
+    return '<div class="wb-legend">' + "".join(items) + "</div>"
+
+
+def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Where do several models disagree?
+
+    Returns:
+        ``(n_distinct, agreement)``: (H, W) number of distinct labels per pixel
+        (1 = all agree) and the fraction of pixels where all models agree.
+    """
+    if not label_maps:
+        raise ValueError("need at least one label map")
+    stack = np.stack([np.asarray(m) for m in label_maps])  # (M, H, W)
+    srt = np.sort(stack, axis=0)
+    n_distinct = 1 + (np.diff(srt, axis=0) != 0).sum(axis=0)
+    agreement = float((n_distinct == 1).mean())
+    return n_distinct.astype(np.int32), agreement
+
+
+def disagreement_image(image: np.ndarray, n_distinct: np.ndarray, n_models: int) -> np.ndarray:
+    """Grey image with disagreeing pixels tinted yellow (2 labels) to red (all different)."""
+    img = np.asarray(image)
+    grey = img.mean(-1) if img.ndim == 3 else img.astype(np.float32)
+    base = np.repeat((0.35 * grey + 90)[..., None], 3, axis=-1)
+    if n_models > 1:
+        t = np.clip((n_distinct - 1) / max(n_models - 1, 1), 0, 1)[..., None]
+        color = (1 - t) * np.array([255, 210, 0]) + t * np.array([230, 20, 20])
+        mask = (n_distinct > 1)[..., None]
+        base = np.where(mask, 0.25 * base + 0.75 * color, base)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def error_map(pred: np.ndarray, target: np.ndarray, image: np.ndarray | None = None, ignore_index: int | None = None) -> np.ndarray:
+    """Wrong pixels in red, right ones dimmed (grey image or black), ignored ones in dark blue."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    h, w = target.shape
+    if image is not None:
+        img = np.asarray(image)
+        grey = img.mean(-1) if img.ndim == 3 else img.astype(np.float32)
+        base = np.repeat((0.4 * grey)[..., None], 3, axis=-1)
+    else:
+        base = np.zeros((h, w, 3), np.float32)
+    wrong = pred != target
+    out = base.copy()
+    out[wrong] = [235, 30, 30]
+    if ignore_index is not None:
+        out[target == ignore_index] = [20, 20, 70]
+    return out.astype(np.uint8)
+
+
+@lru_cache(maxsize=4)
+def _lut(name: str) -> np.ndarray:
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    return (cmap(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def heatmap(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis") -> np.ndarray:
+    """(H, W) floats -> (H, W, 3) uint8 through a matplotlib colour map."""
+    v = (np.asarray(values, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12)
+    idx = np.clip(np.round(v * 255), 0, 255).astype(np.uint8)
+    return _lut(cmap)[idx]
+
+
+def class_probability_maps(probs: np.ndarray, classes) -> list[tuple[np.ndarray, str]]:
+    """One heat map per class channel of (C, H, W) probabilities, captioned with name and mean probability."""
+    return [(heatmap(p), f"{c['name']} (mean p={float(p.mean()):.2f})") for p, c in zip(probs, classes)]
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) labels -> (C, H, W) uint8 one-hot channels (the training target representation)."""
+    labels = np.asarray(labels)
+    return (labels[None] == np.arange(num_classes)[:, None, None]).astype(np.uint8)
