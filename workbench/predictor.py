@@ -186,6 +186,10 @@ class Predictor:
             y = self.model(x)
         return y.float().cpu()
 
+    def warmup(self, size: tuple[int, int] = (360, 480)) -> None:
+        """One forward pass on a blank input so the first real request does not pay for kernel setup."""
+        self.logits(torch.zeros(1, self.in_chans, *size))
+
     def predict(self, image) -> Prediction:
         """Segment one image (PIL image, numpy array, path or bytes).
 

@@ -1,0 +1,287 @@
+"""Segmentation Workbench: the Gradio app (also a Hugging Face Space entry point).
+
+Handlers first (plain functions the tests call directly), then the layout, then
+the events. ``demo`` is importable; ``python app.py`` serves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+import workbench
+from workbench import viz
+from workbench.analysis import count_flops, count_parameters, stage_shapes
+from workbench.imageio import ImageError, load_image
+from workbench.paths import resolve_data_root
+from workbench.zoo import Zoo
+
+ARCHITECTURES = workbench.list_architectures()
+PLUGIN_ERRORS = workbench.plugin_errors()
+DEFAULT_SELECTION = [a for a in ("fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated") if a in ARCHITECTURES]
+MAX_UPLOAD = os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")
+_ZOO: Zoo | None = None
+_ZOO_LOCK = threading.Lock()
+
+
+def zoo() -> Zoo:
+    """The app's model zoo, created on first use (models inside load lazily too)."""
+    global _ZOO
+    if _ZOO is None:
+        with _ZOO_LOCK:
+            if _ZOO is None:
+                _ZOO = Zoo()
+    return _ZOO
+
+
+def example_images(n: int = 4) -> list[str]:
+    """A few CamVid test images from the data root, when the data is present."""
+    folder = resolve_data_root() / "camvid" / "test"
+    if not folder.is_dir():
+        return []
+    files = sorted(folder.glob("*.png"))
+    step = max(1, len(files) // n)
+    return [str(p) for p in files[::step][:n]]
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def _badge(entry) -> str:
+    if entry.trained:
+        miou = entry.test_miou
+        extra = f", CamVid test mIoU {100 * miou:.1f}" if miou is not None else ""
+        return f'<span class="wb-badge wb-trained">trained{extra}</span>'
+    return '<span class="wb-badge wb-untrained">untrained: random weights, no checkpoint yet</span>'
+
+
+def _card_header(name: str, latency_ms: float | None = None, error: str | None = None) -> str:
+    entry = zoo().entries[name]
+    parts = [f"<b>{html.escape(entry.title)}</b> <code>{name}</code> {_badge(entry)}"]
+    if error:
+        parts.append(f'<div class="wb-error">Error: {html.escape(error)}</div>')
+    else:
+        params = zoo().num_parameters(name)
+        parts.append(f'<div class="wb-stats">latency <b class="wb-latency">{latency_ms:.0f} ms</b> · {params / 1e6:.2f} M parameters</div>')
+    return "".join(parts)
+
+
+def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, dict]:
+    """Run every selected architecture on one image.
+
+    Returns:
+        ``(image, results)``: the decoded RGB image and ``{arch: {"labels", "latency_ms"} or {"error"}}``.
+
+    Raises:
+        gr.Error: no image, an image that cannot be read, or no architecture selected.
+    """
+    if not image_path:
+        raise gr.Error("Upload an image first (or pick an example).")
+    if not archs:
+        raise gr.Error("Select at least one architecture.")
+    try:
+        image = load_image(image_path, "RGB")
+    except ImageError as exc:
+        raise gr.Error(str(exc)) from None
+    results: dict[str, dict] = {}
+    for name in archs:
+        try:
+            pred = zoo().predict(name, image)
+            results[name] = {"labels": pred.labels, "latency_ms": pred.latency_ms}
+        except Exception as exc:  # one failing model must not take the comparison down
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return np.asarray(image), results
+
+
+def render_cards(image: np.ndarray | None, results: dict, opacity: float) -> list:
+    """Card contents for every architecture slot: header HTML, mask, overlay, legend, visibility."""
+    out = []
+    for name in ARCHITECTURES:
+        res = results.get(name)
+        if res is None:
+            out += [gr.update(visible=False), "", None, None, ""]
+            continue
+        if "error" in res:
+            out += [gr.update(visible=True), _card_header(name, error=res["error"]), None, None, ""]
+            continue
+        classes = zoo().predictor(name).classes
+        mask = viz.colorize(res["labels"], classes)
+        over = viz.overlay(image, mask, opacity)
+        legend = viz.legend_html(classes, present=np.unique(res["labels"]))
+        out += [gr.update(visible=True), _card_header(name, res["latency_ms"]), mask, over, legend]
+    return out
+
+
+def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray | None, str]:
+    maps = [r["labels"] for r in results.values() if "labels" in r]
+    if len(maps) < 2:
+        return None, "Select two or more architectures to see where they disagree."
+    n_distinct, agreement = viz.disagreement(maps)
+    img = viz.disagreement_image(image, n_distinct, len(maps))
+    return img, f"**{len(maps)} models agree on {100 * agreement:.1f}% of pixels.** Yellow: two different answers; red: every model says something else."
+
+
+def compare(image_path: str | None, archs: list[str], opacity: float):
+    """The Compare tab: segment with every selected architecture and lay out one card each."""
+    image, results = segment_all(image_path, archs)
+    dis_img, dis_text = disagreement_outputs(image, results)
+    state = {"image": image, "results": results}
+    return [*render_cards(image, results, opacity), dis_img, dis_text, state]
+
+
+def restyle(state: dict | None, opacity: float):
+    """Opacity changed: redraw the overlays from the cached label maps, without rerunning models."""
+    if not state:
+        return render_cards(None, {}, opacity)
+    return render_cards(state["image"], state["results"], opacity)
+
+
+def task_representation(image_path: str | None, arch: str, opacity: float):
+    """The Task tab: per-class probability maps (the one-hot channels), argmax map and overlay."""
+    if not image_path:
+        raise gr.Error("Upload an image first (or pick an example).")
+    try:
+        image = load_image(image_path, "RGB")
+    except ImageError as exc:
+        raise gr.Error(str(exc)) from None
+    try:
+        pred = zoo().predict(arch, image)
+    except Exception as exc:
+        raise gr.Error(f"{arch} failed: {type(exc).__name__}: {exc}") from None
+    probs = pred.probs_work  # (C, h, w) at the working size
+    gallery = viz.class_probability_maps(probs, pred.classes)
+    mask = viz.colorize(pred.labels, pred.classes)
+    over = viz.overlay(np.asarray(image), mask, opacity)
+    note = (
+        f"The network outputs **{probs.shape[0]} channels**, one per class: a score per pixel, turned into probabilities "
+        "by a softmax across channels (bright = likely). Training compares them with the one-hot target, where exactly one "
+        "channel is 1 at every pixel. The label map is the **argmax** across channels: each pixel takes the class whose "
+        f"channel is brightest. {_badge(zoo().entries[arch])}"
+    )
+    return gallery, mask, over, viz.legend_html(pred.classes), note
+
+
+_ANATOMY_CACHE: dict[tuple, tuple] = {}
+
+
+def describe_architecture(arch: str, height: float, width: float):
+    """The Architectures tab: explanation, stage-by-stage feature-map sizes, parameters and FLOPs."""
+    info = workbench.get_architecture(arch)
+    h, w = int(height or 360), int(width or 480)
+    if min(h, w) < 32 or max(h, w) > 2048:
+        raise gr.Error("Height and width must be between 32 and 2048 pixels.")
+    key = (arch, h, w)
+    if key not in _ANATOMY_CACHE:
+        model = zoo().predictor(arch).model
+        in_chans = zoo().predictor(arch).in_chans
+        rows = [[s.name, s.channels, f"{s.height} x {s.width}", f"1/{s.reduction:g}"] for s in stage_shapes(model, (h, w), in_chans)]
+        _ANATOMY_CACHE[key] = (rows, count_parameters(model), count_flops(model, (h, w), in_chans))
+    rows, params, flops = _ANATOMY_CACHE[key]
+    text = (
+        f"### {html.escape(info.title or arch)}\n*{html.escape(info.paper)}*\n\n{info.explanation}\n\n"
+        f"**{params / 1e6:.2f} M parameters · {flops / 1e9:.1f} GFLOPs at {h}x{w}** "
+        f"(default encoder: `{info.default_encoder}`, upsampling: `{info.default_upsample}`)"
+    )
+    return text, rows
+
+
+def plugin_status_markdown() -> str:
+    if not PLUGIN_ERRORS:
+        return ""
+    items = "\n".join(f"- `{Path(k).name}`: {html.escape(v)}" for k, v in PLUGIN_ERRORS.items())
+    return f"**{len(PLUGIN_ERRORS)} plugin(s) failed to load** (the others work):\n{items}"
+
+
+# ----------------------------------------------------------------------------- layout
+
+CSS = """
+.wb-badge {font-size: 0.8em; padding: 1px 6px; border-radius: 8px; margin-left: 6px}
+.wb-untrained {background: #fde68a; color: #7c2d12}
+.wb-trained {background: #bbf7d0; color: #14532d}
+.wb-error {color: #b91c1c; font-weight: 600}
+.wb-stats {font-size: 0.9em; color: #555}
+"""
+
+with gr.Blocks(title="Segmentation Workbench") as demo:
+    gr.Markdown(
+        "# Segmentation Workbench\nSee how semantic-segmentation architectures differ: run them side by side on your image. "
+        "Models marked *untrained* have random weights until their trained checkpoint ships."
+    )
+    gr.Markdown(plugin_status_markdown())
+    with gr.Tab("Compare"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                cmp_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300)
+                cmp_archs = gr.CheckboxGroup(ARCHITECTURES, value=DEFAULT_SELECTION, label="Architectures", elem_classes=["wb-archs"])
+                cmp_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                cmp_button = gr.Button("Segment", variant="primary")
+                examples = example_images()
+                if examples:
+                    gr.Examples(examples, inputs=cmp_image, label="CamVid test images")
+            with gr.Column(scale=2, min_width=320):
+                dis_image = gr.Image(label="Disagreement map", format="png", interactive=False, height=300)
+                dis_text = gr.Markdown()
+        cmp_state = gr.State()
+        card_outputs = []
+        with gr.Row(equal_height=False):
+            for name in ARCHITECTURES:
+                with gr.Column(visible=False, min_width=300, elem_classes=["wb-card"]) as card:
+                    header = gr.HTML()
+                    mask = gr.Image(label="Mask", format="png", interactive=False, height=220)
+                    over = gr.Image(label="Overlay", format="png", interactive=False, height=220)
+                    legend = gr.HTML()
+                card_outputs += [card, header, mask, over, legend]
+
+    with gr.Tab("Task representation"):
+        gr.Markdown("How a segmentation network represents its answer: one probability map per class, then an argmax.")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                task_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300)
+                task_arch = gr.Dropdown(ARCHITECTURES, value="unet" if "unet" in ARCHITECTURES else ARCHITECTURES[0], label="Architecture")
+                task_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                task_button = gr.Button("Show representation", variant="primary")
+                if examples:
+                    gr.Examples(examples, inputs=task_image, label="CamVid test images")
+            with gr.Column(scale=2, min_width=320):
+                task_note = gr.Markdown()
+                task_gallery = gr.Gallery(label="Per-class probability maps (one channel per class)", columns=4, height="auto")
+                with gr.Row():
+                    task_mask = gr.Image(label="Argmax label map", format="png", interactive=False)
+                    task_over = gr.Image(label="Overlay", format="png", interactive=False)
+                task_legend = gr.HTML()
+
+    with gr.Tab("Architectures"):
+        with gr.Row():
+            arch_name = gr.Dropdown(ARCHITECTURES, value=ARCHITECTURES[0], label="Architecture")
+            arch_h = gr.Number(360, label="Input height", precision=0)
+            arch_w = gr.Number(480, label="Input width", precision=0)
+            arch_button = gr.Button("Describe")
+        arch_text = gr.Markdown()
+        arch_table = gr.Dataframe(headers=["stage", "channels", "feature map (H x W)", "resolution"], label="Feature maps stage by stage", interactive=False)
+
+    # ------------------------------------------------------------------------- events
+    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], [*card_outputs, dis_image, dis_text, cmp_state], api_name="compare")
+    cmp_opacity.release(restyle, [cmp_state, cmp_opacity], card_outputs, api_name=False)
+    task_button.click(task_representation, [task_image, task_arch, task_opacity], [task_gallery, task_mask, task_over, task_legend, task_note], api_name="task_representation")
+    arch_button.click(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name="describe_architecture")
+    demo.load(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name=False)
+
+demo.queue(max_size=32, default_concurrency_limit=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Serve the Segmentation Workbench app")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    args = p.parse_args(argv)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, css=CSS)
+
+
+if __name__ == "__main__":
+    main()

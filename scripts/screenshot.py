@@ -1,0 +1,107 @@
+"""Screenshot the app's Compare tab in headless Chromium (Debian's package, driven by Playwright).
+
+Usage:
+    python scripts/screenshot.py --url http://127.0.0.1:7860 --image IMG --out docs/compare.png
+
+Without --url the app is started on a free local port and stopped afterwards.
+No browser is downloaded: Playwright drives /usr/bin/chromium (``--chromium`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_app(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT)
+    wait_for(f"http://127.0.0.1:{port}/")
+    return proc
+
+
+def launch_browser(playwright, chromium: str):
+    return playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+
+
+def run_compare(page, url: str, image: str, archs: list[str] | None = None, timeout_ms: int = 180_000) -> None:
+    """Open the app, upload ``image``, (optionally) choose ``archs``, press Segment and wait for every card."""
+    page.goto(url)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(image)
+    page.wait_for_timeout(1500)
+    if archs is not None:
+        group = page.get_by_label("Architectures", exact=False)
+        for box in page.locator(".wb-archs input[type=checkbox]").all():
+            name = box.get_attribute("value") or ""
+            if (name in archs) != box.is_checked():
+                box.click()
+    page.get_by_role("button", name="Segment").click()
+    page.wait_for_function(
+        "() => { const cards = [...document.querySelectorAll('.wb-latency')]; return cards.length > 0; }",
+        timeout=timeout_ms,
+    )
+    page.wait_for_timeout(2000)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--url")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", default=str(ROOT / "docs" / "compare.png"))
+    p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--width", type=int, default=1400)
+    args = p.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    proc = None
+    url = args.url
+    if not url:
+        port = free_port()
+        proc = start_app(port)
+        url = f"http://127.0.0.1:{port}/"
+    try:
+        with sync_playwright() as pw:
+            browser = launch_browser(pw, args.chromium)
+            page = browser.new_page(viewport={"width": args.width, "height": 1000})
+            run_compare(page, url, args.image)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=args.out, full_page=True)
+            browser.close()
+        print(f"wrote {args.out}")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The app's handlers, called directly, and the served app, called through gradio_client."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+app = pytest.importorskip("app")
+gr = pytest.importorskip("gradio")
+
+CARD_FIELDS = 5  # per architecture: column visibility, header, mask, overlay, legend
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory) -> str:
+    """A small synthetic street-like RGB image (no dataset needed)."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[:40] = [135, 170, 220]  # sky
+    img[40:70] = [120, 90, 80]  # buildings
+    img[70:] = [90, 90, 95]  # road
+    img = np.clip(img + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "street.png"
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+def _cards(outputs):
+    n = len(app.ARCHITECTURES)
+    cards = outputs[: n * CARD_FIELDS]
+    return {name: cards[i * CARD_FIELDS : (i + 1) * CARD_FIELDS] for i, name in enumerate(app.ARCHITECTURES)}
+
+
+def test_every_registered_architecture_has_a_card_slot():
+    assert app.ARCHITECTURES == __import__("workbench").list_architectures()
+    assert len(app.card_outputs) == CARD_FIELDS * len(app.ARCHITECTURES)
+
+
+def test_compare_renders_selected_cards_and_disagreement(street):
+    archs = ["fcn8s", "unet", "naive"]
+    out = app.compare(street, archs, 0.5)
+    cards = _cards(out)
+    for name, (vis, header, mask, over, legend) in cards.items():
+        if name in archs:
+            assert vis["visible"] is True
+            assert "latency" in header and "parameters" in header
+            assert "untrained" in header or "trained" in header
+            assert mask.shape == (96, 128, 3) and mask.dtype == np.uint8
+            assert over.shape == (96, 128, 3)
+            assert "wb-legend" in legend
+        else:
+            assert vis["visible"] is False
+    dis_img, dis_text, state = out[-3], out[-2], out[-1]
+    assert dis_img.shape == (96, 128, 3)
+    assert "3 models agree on" in dis_text
+    assert set(state["results"]) == set(archs)
+
+
+def test_untrained_models_are_labelled_untrained(street):
+    out = app.compare(street, ["naive"], 0.5)
+    header = _cards(out)["naive"][1]
+    entry = app.zoo().entries["naive"]
+    assert ("untrained" in header) == (not entry.trained)
+
+
+def test_opacity_restyle_reuses_cached_labels(street):
+    out = app.compare(street, ["fcn8s"], 0.0)
+    state = out[-1]
+    over0 = _cards(out)["fcn8s"][3]
+    img = np.asarray(Image.open(street).convert("RGB"))
+    assert np.array_equal(over0, img)  # opacity 0: the image itself
+    restyled = app.restyle(state, 1.0)
+    _, _, mask, over1, _ = _cards(restyled)["fcn8s"]
+    assert np.array_equal(over1, mask)  # opacity 1: the mask itself
+
+
+def test_a_failing_model_shows_its_error_and_the_others_render(street, monkeypatch):
+    zoo = app.zoo()
+    original = zoo.predict
+
+    def flaky(name, image):
+        if name == "unet":
+            raise RuntimeError("boom in forward")
+        return original(name, image)
+
+    monkeypatch.setattr(zoo, "predict", flaky)
+    cards = _cards(app.compare(street, ["unet", "fcn8s"], 0.5))
+    assert "boom in forward" in cards["unet"][1] and cards["unet"][2] is None
+    assert cards["fcn8s"][2] is not None and "latency" in cards["fcn8s"][1]
+
+
+@pytest.mark.parametrize("bad", [None, "empty", "text"])
+def test_bad_images_raise_a_clear_gradio_error(bad, tmp_path):
+    path = None
+    if bad == "empty":
+        path = tmp_path / "empty.png"
+        path.write_bytes(b"")
+    elif bad == "text":
+        path = tmp_path / "notes.png"
+        path.write_text("this is not an image")
+    with pytest.raises(gr.Error) as err:
+        app.compare(str(path) if path else None, ["fcn8s"], 0.5)
+    assert str(err.value.message)
+
+
+def test_no_architecture_selected_is_an_error(street):
+    with pytest.raises(gr.Error, match="Select at least one"):
+        app.compare(street, [], 0.5)
+
+
+def test_task_representation_shows_one_map_per_class(street):
+    gallery, mask, over, legend, note = app.task_representation(street, "fcn8s", 0.5)
+    assert len(gallery) == 11
+    assert all(img.shape[2] == 3 for img, _ in gallery)
+    assert mask.shape == (96, 128, 3) and over.shape == (96, 128, 3)
+    assert "argmax" in note
+
+
+@pytest.mark.parametrize("arch", ["unet", "tiramisu", "dilated", "naive"])
+def test_architecture_anatomy(arch):
+    text, rows = app.describe_architecture(arch, 64, 96)
+    assert "parameters" in text and "GFLOPs" in text
+    assert rows and all(len(r) == 4 for r in rows)
+    assert rows[-1][2] == "64 x 96"  # the last stage is at the (padded-to-divisor, here exact) input size
+
+
+def test_example_images_come_from_the_data_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path))
+    assert app.example_images() == []
+    (tmp_path / "camvid" / "test").mkdir(parents=True)
+    for i in range(6):
+        Image.new("RGB", (48, 36)).save(tmp_path / "camvid" / "test" / f"{i}.png")
+    ex = app.example_images(3)
+    assert len(ex) == 3 and all(Path(p).is_file() for p in ex)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_app_answers_gradio_client(street):
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        result = client.predict(handle_file(street), ["fcn8s", "unet"], 0.5, api_name="/compare")
+        n = len(app.ARCHITECTURES)
+        assert len(result) == 4 * n + 2  # header, mask, overlay, legend per slot; disagreement image and text
+        names = app.ARCHITECTURES
+        for i, name in enumerate(names):
+            header, mask, over, _ = result[4 * i : 4 * i + 4]
+            if name in ("fcn8s", "unet"):
+                assert "latency" in header
+                assert Image.open(mask).size == (128, 96)
+                assert Image.open(over).size == (128, 96)
+        assert "2 models agree on" in result[-1]
+        text, table = client.predict("unet", 64, 64, api_name="/describe_architecture")
+        assert "U-Net" in text
+    finally:
+        app.demo.close()

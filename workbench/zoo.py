@@ -1,0 +1,123 @@
+"""The model zoo the app serves: one model per architecture, trained where a checkpoint exists.
+
+For every registered architecture the zoo picks the shipped checkpoint for the
+chosen dataset (``checkpoints/*.json`` whose manifest names the architecture
+and dataset; a manifest with ``"default": true`` wins), or else builds the
+architecture with untrained weights and says so. Models are loaded lazily on
+first use and cached; a broken checkpoint is reported for its architecture
+only and never stops the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, read_manifest
+from .classes import CAMVID_CLASSES
+from .paths import checkpoints_dir
+from .predictor import Prediction, Predictor
+from .registry import create_model, get_architecture, list_architectures
+
+__all__ = ["Zoo", "ZooEntry", "discover_checkpoints"]
+
+
+@dataclass
+class ZooEntry:
+    name: str  # architecture name
+    title: str
+    checkpoint: Path | None = None  # manifest path, None = untrained
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trained(self) -> bool:
+        return self.checkpoint is not None
+
+    @property
+    def test_miou(self) -> float | None:
+        return (self.manifest.get("metrics") or {}).get("test", {}).get("miou")
+
+
+def _dataset_name(manifest: dict) -> str | None:
+    ds = manifest.get("dataset")
+    return ds.get("name") if isinstance(ds, dict) else ds
+
+
+def discover_checkpoints(folder: Path | None = None, dataset: str | None = "camvid") -> tuple[dict[str, Path], dict[str, str]]:
+    """Map architecture -> manifest path for ``dataset`` in ``folder``; also return unreadable manifests with errors."""
+    folder = checkpoints_dir() if folder is None else Path(folder)
+    chosen: dict[str, tuple[bool, Path]] = {}
+    errors: dict[str, str] = {}
+    if not folder.is_dir():
+        return {}, {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            manifest = read_manifest(path)
+        except CheckpointError as exc:
+            errors[path.name] = str(exc)
+            continue
+        if dataset is not None and _dataset_name(manifest) not in (dataset, None):
+            continue
+        arch = manifest["architecture"]
+        is_default = bool(manifest.get("default"))
+        if arch not in chosen or (is_default and not chosen[arch][0]):
+            chosen[arch] = (is_default, path)
+    return {a: p for a, (_, p) in chosen.items()}, errors
+
+
+class Zoo:
+    """Lazily built, cached predictors for every architecture.
+
+    Args:
+        checkpoints: folder with checkpoints (default: the shipped ``checkpoints/``).
+        dataset: which dataset's checkpoints to serve; untrained models get its classes.
+        device, precision, max_side: passed to :class:`~workbench.predictor.Predictor`.
+    """
+
+    def __init__(self, checkpoints: Path | None = None, dataset: str = "camvid", *, device: str = "auto", precision: str = "auto", max_side: int = 1024, num_classes: int = 11) -> None:
+        self.dataset = dataset
+        self.num_classes = num_classes
+        self.device, self.precision, self.max_side = device, precision, max_side
+        found, self.checkpoint_errors = discover_checkpoints(checkpoints, dataset)
+        self.entries: dict[str, ZooEntry] = {}
+        for name in list_architectures():
+            info = get_architecture(name)
+            path = found.get(name)
+            manifest = read_manifest(path) if path else {}
+            self.entries[name] = ZooEntry(name, info.title or name, path, manifest)
+        self._predictors: dict[str, Predictor] = {}
+        self._locks = {name: threading.Lock() for name in self.entries}
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def predictor(self, name: str) -> Predictor:
+        """The cached predictor for ``name`` (built on first use). Raises on a broken checkpoint."""
+        if name not in self.entries:
+            raise KeyError(f"unknown architecture {name!r}; available: {', '.join(self.entries)}")
+        pred = self._predictors.get(name)
+        if pred is not None:
+            return pred
+        with self._locks[name]:
+            pred = self._predictors.get(name)
+            if pred is None:
+                entry = self.entries[name]
+                if entry.trained:
+                    pred = Predictor(entry.checkpoint, self.device, precision=self.precision, max_side=self.max_side)
+                else:
+                    torch.manual_seed(0)  # untrained, but the same untrained weights every time
+                    model = create_model(name, num_classes=self.num_classes)
+                    pred = Predictor(model, self.device, precision=self.precision, max_side=self.max_side, classes=CAMVID_CLASSES if self.num_classes == 11 else None)
+                pred.warmup()
+                self._predictors[name] = pred
+        return pred
+
+    def predict(self, name: str, image) -> Prediction:
+        return self.predictor(name).predict(image)
+
+    def num_parameters(self, name: str) -> int:
+        return int(sum(p.numel() for p in self.predictor(name).model.parameters()))
