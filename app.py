@@ -50,6 +50,30 @@ def example_images(n: int = 4) -> list[str]:
     return [str(p) for p in files[::step][:n]]
 
 
+def raw_upload(component: gr.Image) -> gr.Image:
+    """Make an image input hand the handler the uploaded file untouched.
+
+    Gradio's own preprocessing opens every upload with PIL first, so a corrupt
+    file fails inside Gradio with a bare "Error". With this, decoding happens in
+    :func:`workbench.load_image`, which explains what is wrong with the file.
+    (An instance override: subclassing a component makes Gradio write a .pyi file.)
+    """
+    default = component.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if payload.path is None:  # pasted data: URL
+            try:
+                return default(payload)
+            except Exception:
+                raise gr.Error("The pasted data is not an image that can be read.") from None
+        return str(payload.path)
+
+    component.preprocess = preprocess
+    return component
+
+
 # ----------------------------------------------------------------------------- handlers
 
 
@@ -217,7 +241,7 @@ with gr.Blocks(title="Segmentation Workbench") as demo:
     with gr.Tab("Compare"):
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                cmp_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300)
+                cmp_image = raw_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300))
                 cmp_archs = gr.CheckboxGroup(ARCHITECTURES, value=DEFAULT_SELECTION, label="Architectures", elem_classes=["wb-archs"])
                 cmp_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 cmp_button = gr.Button("Segment", variant="primary")
@@ -242,7 +266,7 @@ with gr.Blocks(title="Segmentation Workbench") as demo:
         gr.Markdown("How a segmentation network represents its answer: one probability map per class, then an argmax.")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                task_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300)
+                task_image = raw_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300))
                 task_arch = gr.Dropdown(ARCHITECTURES, value="unet" if "unet" in ARCHITECTURES else ARCHITECTURES[0], label="Architecture")
                 task_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 task_button = gr.Button("Show representation", variant="primary")

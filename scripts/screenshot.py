@@ -58,17 +58,18 @@ def run_compare(page, url: str, image: str, archs: list[str] | None = None, time
     page.locator("input[type=file]").first.set_input_files(image)
     page.wait_for_timeout(1500)
     if archs is not None:
-        group = page.get_by_label("Architectures", exact=False)
-        for box in page.locator(".wb-archs input[type=checkbox]").all():
-            name = box.get_attribute("value") or ""
+        group = page.locator(".wb-archs")
+        for box in group.locator("input[type=checkbox]").all():
+            name = box.locator("xpath=..").inner_text().strip()
             if (name in archs) != box.is_checked():
                 box.click()
     page.get_by_role("button", name="Segment").click()
+    expected = len(archs) if archs is not None else 1
     page.wait_for_function(
-        "() => { const cards = [...document.querySelectorAll('.wb-latency')]; return cards.length > 0; }",
+        f"() => document.querySelectorAll('.wb-latency').length >= {expected}",
         timeout=timeout_ms,
     )
-    page.wait_for_timeout(2000)
+    page.wait_for_timeout(1500)
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ _RESIDUAL_BLOCKS = {
     "DepthwiseSeparableConv",
     "EdgeResidual",
     "ConvNeXtBlock",
+    "DarkBlock",  # darknet/cspnet: x + shortcut
     "ResBottleneck",
     "ResBlock",
     "BottleneckBlock",
@@ -114,8 +115,15 @@ class TimmEncoder(nn.Module):
 
     @property
     def is_residual(self) -> bool:
-        """True if the backbone's blocks already carry short (identity) skips."""
-        return any(type(m).__name__ in _RESIDUAL_BLOCKS for m in self.model.modules())
+        """True if the backbone's blocks already carry short (identity) skips.
+
+        timm's MobileNet/EfficientNet blocks (``DepthwiseSeparableConv``, ``InvertedResidual``,
+        ...) record in ``has_skip`` whether the skip is actually used (MobileNetV1 and LCNet
+        use none): a block only counts when it has one.
+        """
+        return any(
+            type(m).__name__ in _RESIDUAL_BLOCKS and bool(getattr(m, "has_skip", True)) for m in self.model.modules()
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # x: (B, in_chans, H, W) -> [(B, channels[i], H / reductions[i], W / reductions[i])]

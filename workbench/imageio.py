@@ -39,7 +39,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 
 
 def to_uint8_array(a: np.ndarray) -> np.ndarray:
-    """Rescale bool, integer or float image data to uint8 (floats in [0, 1] are taken as such)."""
+    """Rescale bool, integer or float image data to uint8 (floats in [0, 1] are taken as such, uint16 as 0..65535)."""
     if a.dtype == np.uint8:
         return a
     if a.dtype == bool:
@@ -50,6 +50,8 @@ def to_uint8_array(a: np.ndarray) -> np.ndarray:
         if lo >= 0.0 and hi <= 1.0:
             return np.round(a * 255).astype(np.uint8)
         return np.round((a - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # 16-bit data: full scale is 65535 whatever the content
+        return np.round(a.astype(np.float64) / 65535 * 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer):
         hi = int(a.max(initial=0))
         if a.min(initial=0) >= 0 and hi <= 255:

@@ -12,6 +12,7 @@ and never stops the others from loading.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import importlib.util
 import inspect
 import sys
@@ -179,8 +180,22 @@ def load_plugins(*, reload: bool = False) -> None:
                 if path.name.startswith("_"):
                     continue
                 _load_one(str(path), lambda p=path: _import_file(p))
+        reloaded: set[str] = set()
         for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
-            _load_one(f"entry point {ep.name} ({ep.value})", ep.load)
+            _load_one(f"entry point {ep.name} ({ep.value})", lambda ep=ep: _load_entry_point(ep, reload, reloaded))
+
+
+def _load_entry_point(ep: Any, reload: bool, reloaded: set[str]) -> Any:
+    """``ep.load()``; on a rescan, re-executes a module imported before so it registers again.
+
+    (Its architectures were just cleared, and a plain import of a module already in
+    ``sys.modules`` would not run its decorators a second time.)
+    """
+    module = ep.module
+    if reload and module in sys.modules and module not in reloaded:
+        reloaded.add(module)
+        importlib.reload(sys.modules[module])
+    return ep.load()
 
 
 def plugin_errors() -> dict[str, str]:

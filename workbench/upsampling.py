@@ -76,6 +76,8 @@ def parse_upsample(spec: str | dict | UpsampleSpec) -> UpsampleSpec:
     if isinstance(spec, str):
         m = _SHORTHAND.match(spec)
         if m:
+            if int(m.group(1)) < 1:
+                raise ValueError(f"kernel_size must be a positive integer, got {spec!r}")
             return UpsampleSpec("transposed", kernel_size=int(m.group(1)))
         if spec not in METHODS:
             raise ValueError(
@@ -222,7 +224,8 @@ class MaxUnpool(Upsample):
             _, idx = F.max_pool2d(g, s, stride=s, return_indices=True)  # (B, Cg, H, W)
             if idx.shape[1] != x.shape[1]:
                 idx = idx.expand(-1, x.shape[1], -1, -1)
-        assert idx.shape[-2:] == x.shape[-2:], f"guide {tuple(guide.shape)} does not match {s}x {tuple(x.shape)}"
+        if idx.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"max_unpool guide {tuple(guide.shape)} is not {s}x the size of the input {tuple(x.shape)}")
         # max_unpool2d has no reduced-precision CPU kernel everywhere: run it in x's dtype via scatter
         b, c, h, w = x.shape
         out = x.new_zeros(b, c, guide.shape[-2] * guide.shape[-1])

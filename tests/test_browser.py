@@ -1,0 +1,100 @@
+"""End to end in a real browser: Debian's headless Chromium driven by Playwright (no browser download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("WORKBENCH_ARTIFACTS", ROOT / "artifacts"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium package (apt-get install chromium; .ci/run does this)"),
+]
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def server():
+    import screenshot
+
+    port = screenshot.free_port()
+    proc = screenshot.start_app(port)
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import screenshot
+
+    with sync_api.sync_playwright() as pw:
+        b = screenshot.launch_browser(pw, CHROMIUM)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def street(tmp_path) -> str:
+    rng = np.random.default_rng(1)
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:50] = [135, 170, 220]
+    img[50:85] = [120, 90, 80]
+    img[85:] = [90, 90, 95]
+    img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "street.png"
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+def test_compare_in_the_browser(server, browser, street):
+    import screenshot
+
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    archs = ["fcn8s", "unet", "naive"]
+    screenshot.run_compare(page, server, street, archs)
+    cards = page.locator(".wb-card:visible")
+    assert cards.count() == len(archs)
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        assert "ms" in card.locator(".wb-latency").inner_text()
+        assert card.locator("img").count() >= 2  # mask and overlay
+    assert "agree on" in page.inner_text("body")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_compare.png"), full_page=True)
+
+    page.get_by_role("tab", name="Architectures").click()
+    page.get_by_text("feature maps stage by stage", exact=False).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "browser_architectures.png"), full_page=True)
+    page.close()
+
+
+def test_bad_upload_shows_an_error(server, browser, tmp_path):
+    import screenshot
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image at all")
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Segment").click()
+    page.wait_for_function(
+        "() => /is not an image file/.test(document.body.innerText)",
+        timeout=60_000,
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_bad_upload.png"), full_page=True)
+    page.close()

@@ -1,0 +1,194 @@
+"""Predictor end to end, on real (tiny) models and checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import workbench
+from workbench.predictor import Prediction, upsample_argmax
+
+from conftest import make_image, make_threshold_model, make_tiny_model
+
+
+def _halves_labels(h, w):
+    """Labels the threshold model must give for make_image(w, h, 'halves')."""
+    lab = np.zeros((h, w), np.uint8)
+    lab[:, w // 2 :] = 1
+    return lab
+
+
+@pytest.fixture
+def predictor():
+    return workbench.Predictor(make_threshold_model(), device="cpu", precision="fp32")
+
+
+def test_threshold_model_sanity(predictor):
+    # the fixture model is what the other tests rely on: dark -> 0, bright -> 1
+    pred = predictor.predict(make_image(64, 48))
+    np.testing.assert_array_equal(pred.labels, _halves_labels(48, 64))
+
+
+def test_accepts_pil_image(predictor):
+    im = make_image(70, 45)
+    pred = predictor.predict(im)
+    assert isinstance(pred, Prediction)
+    assert pred.labels.shape == (45, 70)
+    assert pred.labels.dtype == np.uint8
+    np.testing.assert_array_equal(pred.labels, _halves_labels(45, 70))
+    assert pred.image.size == (70, 45) and pred.image.mode == "RGB"
+    assert pred.latency_ms > 0
+    assert set(pred.timings) == {"load", "preprocess", "forward", "postprocess"}
+    assert len(pred.classes) == 2
+
+
+def test_accepts_numpy_arrays(predictor):
+    rgb = np.asarray(make_image(66, 40))
+    for arr in (
+        rgb,  # H x W x 3 uint8
+        rgb[..., 0],  # H x W uint8
+        rgb[..., 0].astype(np.float32) / 255.0,  # H x W float in [0, 1]
+        rgb.astype(np.float64) / 255.0,  # H x W x 3 float
+        np.ascontiguousarray(np.moveaxis(rgb, -1, 0)),  # 3 x H x W
+    ):
+        pred = predictor.predict(arr)
+        assert pred.labels.shape == (40, 66), arr.shape
+        np.testing.assert_array_equal(pred.labels, _halves_labels(40, 66), err_msg=str(arr.shape))
+
+
+def test_accepts_path_and_bytes(predictor, tmp_path):
+    p = tmp_path / "street.png"
+    make_image(81, 50).save(p)
+    for src in (p, str(p), p.read_bytes()):
+        pred = predictor.predict(src)
+        np.testing.assert_array_equal(pred.labels, _halves_labels(50, 81))
+    with pytest.raises(workbench.ImageError):
+        predictor.predict(tmp_path / "missing.png")
+    with pytest.raises(workbench.ImageError):
+        predictor.predict(None)
+
+
+def test_probs_sum_to_one_at_original_size():
+    model = make_tiny_model("unet", num_classes=4)
+    pred = workbench.Predictor(model, device="cpu", precision="fp32").predict(make_image(53, 37, "noise"))
+    assert pred.labels.shape == (37, 53)
+    assert pred.probs.shape == (4, 37, 53)
+    assert pred.probs.dtype == np.float32
+    np.testing.assert_allclose(pred.probs.sum(0), 1.0, atol=1e-5)
+    assert (pred.probs >= 0).all()
+    np.testing.assert_array_equal(pred.labels, pred.probs.argmax(0))
+    assert pred.labels.max() < 4
+
+
+def test_exif_rotated_jpeg_gives_labels_in_displayed_orientation(predictor, tmp_path):
+    stored = make_image(96, 64)  # stored pixels: 96 wide, 64 high, left dark, right bright
+    p = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored.save(p, exif=exif, quality=95)
+    with Image.open(p) as check:
+        assert check.getexif()[0x0112] == 6 and check.size == (96, 64)
+    pred = predictor.predict(p)
+    # displayed: 64 wide, 96 high; the stored left half is now on top
+    assert pred.labels.shape == (96, 64)
+    assert pred.image.size == (64, 96)
+    assert (pred.labels[:40] == 0).all()
+    assert (pred.labels[56:] == 1).all()
+
+
+def test_one_channel_model_gets_grayscale_from_rgb():
+    predictor = workbench.Predictor(make_threshold_model(in_chans=1), device="cpu", precision="fp32")
+    assert predictor.mode == "L"
+    # green is bright and blue is dark in luminance, though their RGB means are equal
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:, :30] = (0, 255, 0)
+    arr[:, 30:] = (0, 0, 255)
+    pred = predictor.predict(Image.fromarray(arr))
+    assert pred.image.mode == "L"
+    assert pred.labels.shape == (40, 60)
+    assert (pred.labels[:, :30] == 1).all()
+    assert (pred.labels[:, 30:] == 0).all()
+    # the same through a generic 1-channel model: it runs, with the right shapes
+    model = make_tiny_model("unet", num_classes=3, in_chans=1)
+    pred = workbench.Predictor(model, device="cpu", precision="fp32").predict(make_image(50, 40))
+    assert pred.labels.shape == (40, 50) and pred.probs_work.shape == (3, 40, 50)
+
+
+def test_predictor_from_checkpoint_path(tmp_path):
+    model = make_threshold_model()
+    classes = [{"name": "dark", "color": [0, 0, 0]}, {"name": "bright", "color": [255, 255, 0]}]
+    manifest_path = workbench.save_checkpoint(tmp_path / "thr", model, {"classes": classes})
+    im = make_image(72, 44)
+    direct = workbench.Predictor(model, device="cpu", precision="fp32").predict(im)
+    for ref in (manifest_path, tmp_path / "thr.safetensors", str(tmp_path / "thr")):
+        predictor = workbench.Predictor(ref, device="cpu", precision="fp32")
+        assert predictor.classes == classes
+        pred = predictor.predict(im)
+        np.testing.assert_array_equal(pred.labels, _halves_labels(44, 72))
+        np.testing.assert_array_equal(pred.labels, direct.labels)
+        np.testing.assert_allclose(pred.probs_work, direct.probs_work, atol=1e-6)
+    with pytest.raises(workbench.CheckpointError):
+        workbench.Predictor(tmp_path / "nothing_here.json", device="cpu")
+
+
+def test_checkpoint_normalization_is_used(tmp_path):
+    model = make_threshold_model()
+    # a mean of 1 makes every pixel "dark" (normalised value <= 0)
+    workbench.save_checkpoint(tmp_path / "m", model, {"normalization": {"mean": [1.0, 1.0, 1.0], "std": [1.0, 1.0, 1.0]}})
+    pred = workbench.Predictor(tmp_path / "m.json", device="cpu", precision="fp32").predict(make_image(64, 40))
+    assert (pred.labels == 0).all()
+
+
+def test_large_image_processed_at_working_size(predictor):
+    predictor.max_side = 64
+    im = make_image(200, 130)
+    pred = predictor.predict(im)
+    assert pred.probs_work.shape == (2, 42, 64)  # 130 * 64 / 200 = 41.6 -> 42
+    assert pred.labels.shape == (130, 200)
+    assert pred.probs.shape == (2, 130, 200)
+    expected = _halves_labels(130, 200)
+    # away from the boundary column the labels are exact at full size
+    np.testing.assert_array_equal(pred.labels[:, :95], expected[:, :95])
+    np.testing.assert_array_equal(pred.labels[:, 105:], expected[:, 105:])
+
+
+def test_tiny_image_is_upscaled_to_the_minimum(predictor):
+    pred = predictor.predict(make_image(20, 8))
+    assert pred.labels.shape == (8, 20)
+    assert min(pred.probs_work.shape[1:]) >= 32
+    np.testing.assert_array_equal(pred.labels[:, :8], 0)
+    np.testing.assert_array_equal(pred.labels[:, 12:], 1)
+
+
+@pytest.mark.parametrize(
+    "shape,size,band_pixels",
+    [((5, 7, 9), (61, 83), 1 << 20), ((5, 7, 9), (61, 83), 200), ((3, 16, 16), (16, 16), 64), ((4, 10, 6), (7, 5), 3)],
+)
+def test_upsample_argmax_equals_interpolate_argmax(shape, size, band_pixels):
+    torch.manual_seed(1)
+    logits = torch.randn(1, *shape)
+    got = upsample_argmax(logits, size, band_pixels=band_pixels)
+    assert got.shape == size and got.dtype == torch.int64
+    up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
+    ref = up.argmax(0)
+    # identical except where the top two classes tie to within float rounding
+    top2 = up.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-5
+    assert clear.float().mean() > 0.99
+    assert torch.equal(got[clear], ref[clear])
+
+
+def test_precision_and_device_options():
+    from workbench.predictor import resolve_device, resolve_precision
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", torch.device("cpu"))
+    # bf16 autocast gives the same labels as fp32 on the threshold model
+    pred = workbench.Predictor(make_threshold_model(), device="cpu", precision="bf16").predict(make_image(64, 40))
+    np.testing.assert_array_equal(pred.labels, _halves_labels(40, 64))
