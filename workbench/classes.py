@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import colorsys
 
-__all__ = ["CAMVID_CLASSES", "CAMVID_VOID", "ISBI_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "default_classes", "default_normalization", "palette"]
+__all__ = ["IGNORE_INDEX", "CAMVID_CLASSES", "CAMVID_VOID", "ISBI_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "default_classes", "default_normalization", "palette"]
+
+# Label value for pixels that count nowhere (void, padding): ignored by losses and metrics.
+# Datasets map their own void label to it (CamVid's 11 becomes 255).
+IGNORE_INDEX = 255
 
 # The 11-class CamVid of the SegNet tutorial (ids 0..10; 11 = void, ignored). Colours as there.
 CAMVID_CLASSES = [
