@@ -44,6 +44,12 @@ def _cmd_bench(args) -> int:
     return bench.main(args)
 
 
+def _cmd_train(args) -> int:
+    from . import train
+
+    return train.main(args)
+
+
 def _cmd_app(args) -> int:
     import runpy
 
@@ -51,6 +57,114 @@ def _cmd_app(args) -> int:
 
     sys.argv = [str(app_path())] + (["--port", str(args.port)] if args.port else [])
     runpy.run_path(str(app_path()), run_name="__main__")
+    return 0
+
+
+def _dataset_option(text: str):
+    from .evaluate import parse_dataset_option
+
+    try:
+        return parse_dataset_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_eval(args) -> int:
+    from .checkpoint import CheckpointError
+    from .evaluate import EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, write_results
+
+    checkpoints, warnings = collect_checkpoints(args.checkpoints)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not checkpoints:
+        print("error: no checkpoint to evaluate (give .json manifests written by save_checkpoint)", file=sys.stderr)
+        return 2
+    results, failed = [], 0
+    for ckpt in checkpoints:
+        try:
+            results.append(
+                evaluate_checkpoint(
+                    ckpt,
+                    dataset=args.dataset,
+                    split=args.split,
+                    data_root=args.data_root,
+                    dataset_options=dict(args.dataset_option or []) or None,
+                    flip=args.flip,
+                    window=tuple(args.window) if args.window else None,
+                    stride=tuple(args.stride) if args.stride else None,
+                    limit=args.limit,
+                    device=args.device,
+                    precision=args.precision,
+                    progress=not args.quiet,
+                )
+            )
+        except (CheckpointError, EvaluationError, ValueError) as exc:
+            failed += 1
+            print(f"error: {ckpt}: {exc}", file=sys.stderr)
+    if results:
+        written = write_results(results, args.out)
+        for split in dict.fromkeys(r["split"] for r in results):
+            print(f"## {split}\n")
+            print(format_leaderboard([r for r in results if r["split"] == split]))
+        n_files = sum(len(v) for v in written.values())
+        print(f"wrote {n_files} files to {args.out}: " + ", ".join(p.name for p in written["leaderboard"]) + " and per checkpoint .json / .confusion.png")
+    if failed:
+        print(f"{failed} of {len(checkpoints)} checkpoint(s) could not be evaluated", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_weights(args) -> int:
+    import json
+    import warnings
+
+    import numpy as np
+
+    from .data import build_dataset
+    from .weighting import SEGNET_CAMVID_WEIGHTS, class_pixel_stats, inverse_frequency_weights, median_frequency_weights
+
+    options = {"path": args.path} if args.path else {}
+    ds = build_dataset(args.dataset, args.split, data_root=args.data_root, **options)
+    pixels, image_pixels = class_pixel_stats(ds.masks(), ds.num_classes, ds.ignore_index)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.method == "median":
+            weights = median_frequency_weights(pixels, image_pixels)
+        else:
+            weights = inverse_frequency_weights(pixels)
+    share = pixels / max(int(pixels.sum()), 1)
+    freq = np.divide(pixels, image_pixels, out=np.zeros(len(pixels)), where=image_pixels > 0) if args.method == "median" else share
+    reference = SEGNET_CAMVID_WEIGHTS if ds.name == "camvid" else None
+    title = {"median": "median-frequency", "inverse": "inverse-frequency"}[args.method]
+    print(f"{ds.name}/{ds.split}: {len(ds)} label maps, {ds.num_classes} classes, {title} weights (ignore index {ds.ignore_index} excluded)")
+    header = f"{'id':>3s}  {'class':14s} {'pixels %':>9s} {'freq':>8s} {'weight':>8s}"
+    if reference:
+        header += f" {'SegNet':>8s} {'ratio':>6s}"
+    print(header)
+    for c, info in enumerate(ds.classes):
+        line = f"{c:3d}  {info['name']:14s} {100 * share[c]:9.3f} {freq[c]:8.4f} {weights[c]:8.4f}"
+        if reference:
+            line += f" {reference[c]:8.4f} {weights[c] / reference[c]:6.3f}"
+        print(line)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        out = {
+            "dataset": ds.name,
+            "split": ds.split,
+            "method": args.method,
+            "images": len(ds),
+            "classes": [c["name"] for c in ds.classes],
+            "pixels": pixels.tolist(),
+            "image_pixels": image_pixels.tolist(),
+            "frequency": [float(f) for f in freq],
+            "weights": [float(w) for w in weights],
+        }
+        if reference:
+            out["segnet_reference"] = list(reference)
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -78,6 +192,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-flops", action="store_true")
     s.add_argument("--out", help="write <out>.json and <out>.md")
     s.set_defaults(func=_cmd_bench)
+
+    from .train import build_parser as train_flags
+
+    s = sub.add_parser("train", help="train an architecture on a dataset (CamVid, ISBI, a folder, synthetic)")
+    train_flags(s)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate checkpoints on a dataset split: metrics JSON, leaderboard, confusion plots")
+    s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".json manifests (globs welcome; other JSON files are skipped with a warning)")
+    s.add_argument("--split", default="test", help="dataset split (default: test)")
+    s.add_argument("--dataset", default=None, help="dataset name (default: the manifest's dataset.name)")
+    s.add_argument("--dataset-option", action="append", type=_dataset_option, metavar="KEY=VALUE", help="extra dataset option, e.g. path=/images (repeatable; JSON values)")
+    s.add_argument("--data-root", default=None, help="data root (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
+    s.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    s.add_argument("--window", type=int, nargs=2, metavar=("H", "W"), help="sliding-window inference for images larger than H x W")
+    s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride (default: half the window)")
+    s.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    s.add_argument("--out", default="eval_results", help="output folder (default: eval_results/)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("weights", help="class frequencies and loss weights of a dataset split (vs SegNet's for CamVid)")
+    s.add_argument("--dataset", default="camvid", help="camvid, isbi, folder or synthetic (default: camvid)")
+    s.add_argument("--split", default="train")
+    s.add_argument("--data-root", default=None, help="folder holding camvid/ etc. (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
+    s.add_argument("--path", default=None, help="the folder of a 'folder' dataset")
+    s.add_argument("--method", default="median", choices=["median", "inverse"])
+    s.add_argument("--json", default=None, metavar="OUT", help="also write the numbers to this JSON file")
+    s.set_defaults(func=_cmd_weights)
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)

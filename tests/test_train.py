@@ -1,0 +1,247 @@
+"""Training: learning on the synthetic set, exact resume after SIGKILL, 2-process DDP, config handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workbench.train import TrainConfig, build_parser, config_from_args, lr_lambda, train  # noqa: E402
+
+# A tiny but real recipe: U-Net on the smallest timm encoder, synthetic shapes, fp32 for exact comparisons.
+BASE = dict(
+    arch="unet",
+    encoder="test_resnet",
+    dataset="synthetic",
+    dataset_options={"length": 32, "size": [64, 64]},
+    crop=[64, 64],
+    scale=[0.75, 1.25],
+    batch_size=4,
+    lr=3e-3,
+    warmup_steps=5,
+    workers=0,
+    precision="fp32",
+    val_every=1,
+    val_limit=8,
+    cache=False,
+)
+
+
+def _cfg(tmp_path, **over) -> TrainConfig:
+    kw = dict(BASE, out=str(tmp_path / "run"))
+    kw.update(over)
+    return TrainConfig(**kw)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from workbench.state import load_state
+
+    return load_state(run / "resume.safetensors")["model"]
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_beats_chance(tmp_path):
+    cfg = _cfg(tmp_path, epochs=6, lr=5e-3)
+    summary = train(cfg, command="pytest")
+    run = Path(cfg.out)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    from workbench.data import build_dataset
+
+    chance = 1.0 / build_dataset("synthetic", "val", length=8).num_classes
+    assert summary["best_val_miou"] > 1.5 * chance
+    # outputs a user relies on
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "best.json", "best.safetensors", "last.json", "summary.json", "resume.safetensors"):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "best.json").read_text())
+    assert manifest["architecture"] == "unet" and manifest["training"]["command"] == "pytest"
+    assert manifest["metrics"]["val"]["miou"] == pytest.approx(summary["best_val_miou"])
+    import workbench
+
+    model, _ = workbench.load_checkpoint(run / "best.json")  # fp16 on disk, loads as fp32
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_existing_run_is_never_overwritten_without_resume(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1, max_steps=2)
+    train(cfg)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(tmp_path, epochs=1, max_steps=2))
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    """A run stopped after 1 epoch and resumed for 2 ends bit-identical to a 2-epoch run."""
+    a = _cfg(tmp_path / "a", epochs=2)
+    train(a)
+    from workbench.train import Trainer
+
+    Trainer(_cfg(tmp_path / "b", epochs=2)).fit(stop_after_epoch=1)
+    b2 = _cfg(tmp_path / "b", epochs=2, resume=True)
+    train(b2)
+    wa, wb = _weights(Path(a.out)), _weights(Path(b2.out))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    rows = [json.loads(line) for line in (Path(b2.out) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    """Kill -9 a training process at a random moment; --resume ends in the same state as a clean run."""
+    common = ["--arch", "unet", "--encoder", "test_resnet", "--dataset", "synthetic", "--dataset-options", json.dumps({"length": 32, "size": [64, 64]}),
+              "--crop", "64", "64", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--epochs", "3", "--val-every", "1",
+              "--val-limit", "4", "--save-every-steps", "3", "--no-cache", "--warmup-steps", "5"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "workbench", "train", *common, "--out", str(clean)], check=True, env=env, cwd=ROOT, timeout=600, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", *common, "--out", str(killed)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    from workbench.state import load_state
+
+    while time.time() < deadline:  # wait until a mid-run resume point exists, then kill without warning
+        state_file = killed / "resume.safetensors"
+        if state_file.exists():
+            try:
+                if load_state(state_file)["global_step"] >= 9:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_state(killed / "resume.safetensors")["global_step"] < 24, "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "workbench", "train", *common, "--out", str(killed), "--resume"], check=True, env=env, cwd=ROOT, timeout=600, capture_output=True)
+    a, b = load_state(clean / "resume.safetensors"), load_state(killed / "resume.safetensors")
+    assert a["global_step"] == b["global_step"] == 24
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    # checkpoints on disk are complete and loadable, never truncated
+    import workbench
+
+    workbench.load_checkpoint(killed / "best.json")
+    workbench.load_checkpoint(killed / "last.json")
+
+
+_PLAIN_PLUGIN = """
+import torch.nn as nn
+from workbench import register_architecture
+from workbench.model import SegmentationModel
+
+
+class Stack(nn.Module):
+    def __init__(self, in_chans):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.ReLU())
+        self.channels, self.reductions = [8], [1]
+
+    def forward(self, x):
+        return [self.net(x)]
+
+
+class Last(nn.Module):
+    def forward(self, feats, image):
+        return feats[-1]
+
+
+@register_architecture("plain_ddp_probe")
+def plain_ddp_probe(*, num_classes, in_chans=3):
+    return SegmentationModel(Stack(in_chans), Last(), nn.Conv2d(8, num_classes, 1), size_divisor=1)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isolated_registry, monkeypatch):
+    """torchrun --nproc_per_node 2 on gloo: both ranks hold identical weights, equal to a 1-process run with the same global batch.
+
+    The probe model has no BatchNorm (per-process batch statistics are the one thing
+    that legitimately differs without SyncBatchNorm, which needs CUDA) and crops need
+    no padding, so the two runs must agree to float rounding.
+    """
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "plain_ddp_probe.py").write_text(_PLAIN_PLUGIN)
+    monkeypatch.setenv("WORKBENCH_PLUGIN_PATH", str(plugins))
+    isolated_registry.load_plugins(reload=True)
+    script = tmp_path / "ddp_probe.py"
+    script.write_text(
+        "import sys, json, torch, torch.distributed as dist\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from workbench.train import Trainer, TrainConfig\n"
+        "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
+        "t = Trainer(cfg)\n"
+        "t.fit()\n"
+        "flat = torch.cat([p.detach().flatten() for p in t.model.module.parameters()])\n"
+        "gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]\n"
+        "dist.all_gather(gathered, flat)\n"
+        "if dist.get_rank() == 0:\n"
+        "    open(sys.argv[2], 'w').write(json.dumps({'max_rank_diff': max((g - gathered[0]).abs().max().item() for g in gathered)}))\n"
+        "dist.destroy_process_group()\n"
+    )
+    recipe = dict(BASE, arch="plain_ddp_probe", encoder=None, scale=[1.0, 1.0], epochs=1, max_steps=6, optimizer="sgd", lr=0.05, warmup_steps=0, scheduler="constant", val_limit=2)
+    ddp_cfg = dict(recipe, batch_size=2, out=str(tmp_path / "ddp"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", WORKBENCH_PLUGIN_PATH=str(plugins))
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(ddp_cfg), str(tmp_path / "probe.json")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["max_rank_diff"] == 0.0  # DDP keeps the replicas identical
+
+    single = _cfg(tmp_path / "single", **dict(recipe, batch_size=4))
+    train(single)
+    w_ddp, w_single = _weights(Path(ddp_cfg["out"])), _weights(Path(single.out))
+    from workbench import create_model
+
+    torch.manual_seed(0)
+    init = create_model("plain_ddp_probe", num_classes=w_single["head.weight"].shape[0]).state_dict()
+    moved = sum(((w_single[k] - init[k]) ** 2).sum() for k in w_single).sqrt()
+    diff = sum(((w_single[k] - w_ddp[k]) ** 2).sum() for k in w_single).sqrt()
+    assert moved > 1e-3  # training really changed the weights
+    assert diff < 1e-4 * moved, (float(diff), float(moved))  # same samples, order and augmentation: same result
+
+
+def test_config_file_and_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("arch: fcn8s\nepochs: 7\ncrop: [128, 160]\nmodel_kwargs: {dropout: 0.2}\n")
+    args = build_parser().parse_args(["--config", str(cfg_file), "--epochs", "9", "--no-hflip", "--loss", "ce+0.5*dice"])
+    cfg = config_from_args(args)
+    assert (cfg.arch, cfg.epochs, cfg.crop, cfg.hflip, cfg.loss, cfg.model_kwargs) == ("fcn8s", 9, [128, 160], False, "ce+0.5*dice", {"dropout": 0.2})
+    toml = tmp_path / "c.toml"
+    toml.write_text('arch = "unet"\nbatch_size = 3\n')
+    assert config_from_args(build_parser().parse_args(["--config", str(toml)])).batch_size == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epoch: 3\n")
+    with pytest.raises(ValueError, match="unknown config field"):
+        config_from_args(build_parser().parse_args(["--config", str(bad)]))
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lbfgs").validate()
+
+
+def test_written_config_reproduces_the_run(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1, max_steps=1)
+    train(cfg, command="workbench train ...")
+    again = config_from_args(build_parser().parse_args(["--config", str(Path(cfg.out) / "config.yaml")]))
+    assert again == cfg
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = lr_lambda(TrainConfig(warmup_steps=10, scheduler="poly"), 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(50) < 1.0 and f(99) < f(50)
+    g = lr_lambda(TrainConfig(warmup_steps=0, scheduler="cosine"), 100)
+    assert g(0) == pytest.approx(1.0) and g(100) == pytest.approx(0.0, abs=1e-9)

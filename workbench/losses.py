@@ -1,0 +1,105 @@
+"""Segmentation losses: cross-entropy, Dice, Focal, Lovasz and weighted sums of them.
+
+Dice, Focal and Lovasz come from ``segmentation_models_pytorch.losses``.
+Cross-entropy uses ``torch.nn.functional.cross_entropy``, because smp's
+``SoftCrossEntropyLoss`` takes neither per-class weights (median-frequency
+balancing, Long et al.) nor per-pixel weight maps (U-Net border weighting,
+Ronneberger et al.), which the workbench needs.
+
+A loss spec is a ``+``-separated sum of optionally weighted terms:
+``"ce"``, ``"ce+dice"``, ``"ce+0.5*lovasz"``, ``"0.7*focal+0.3*dice"``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .classes import IGNORE_INDEX
+
+__all__ = ["LOSSES", "CrossEntropy", "CombinedLoss", "parse_loss", "build_loss"]
+
+LOSSES = ("ce", "dice", "focal", "lovasz")
+_TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([a-z_]+)\s*$")
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy with ignore index, optional class weights and optional per-pixel weight map.
+
+    With a weight map ``w`` (B, H, W) the loss is ``sum(w * ce) / (number of valid pixels)``:
+    the paper's weighted sum, normalised so its scale does not depend on image size.
+    """
+
+    def __init__(self, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
+        logits = logits.float()
+        if weight_map is None:
+            return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
+        ce = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="none")  # (B, H, W)
+        valid = (target != self.ignore_index).sum().clamp(min=1)
+        return (ce * weight_map).sum() / valid
+
+
+class _PixelAgnostic(nn.Module):
+    """Adapts an smp loss to the ``(logits, target, weight_map=None)`` signature (weight maps do not apply)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss(logits.float(), target)
+
+
+class CombinedLoss(nn.Module):
+    """``sum_i coef_i * loss_i(logits, target, weight_map)``; remembers the spec and its terms."""
+
+    def __init__(self, terms: list[tuple[float, str, nn.Module]], spec: str) -> None:
+        super().__init__()
+        self.coefs = [c for c, _, _ in terms]
+        self.names = [n for _, n, _ in terms]
+        self.terms = nn.ModuleList(m for _, _, m in terms)
+        self.spec = spec
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for coef, term in zip(self.coefs, self.terms):
+            total = total + coef * term(logits, target, weight_map)
+        return total
+
+
+def parse_loss(spec: str) -> list[tuple[float, str]]:
+    """``"ce+0.5*dice"`` -> ``[(1.0, "ce"), (0.5, "dice")]``; raises ValueError listing the valid losses."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"loss spec must be a non-empty string like 'ce' or 'ce+0.5*dice'; valid losses: {', '.join(LOSSES)}")
+    terms = []
+    for part in spec.split("+"):
+        m = _TERM.match(part)
+        if not m or m.group(2) not in LOSSES:
+            raise ValueError(f"bad loss term {part.strip()!r} in {spec!r}; valid losses: {', '.join(LOSSES)}, combined as e.g. 'ce+0.5*dice'")
+        terms.append((float(m.group(1)) if m.group(1) else 1.0, m.group(2)))
+    return terms
+
+
+def build_loss(spec: str = "ce", *, class_weights=None, ignore_index: int = IGNORE_INDEX) -> CombinedLoss:
+    """Build the loss for ``spec``; ``class_weights`` (C,) apply to the cross-entropy term."""
+    terms = []
+    for coef, name in parse_loss(spec):
+        if name == "ce":
+            mod: nn.Module = CrossEntropy(None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32), ignore_index)
+        elif name == "dice":
+            mod = _PixelAgnostic(smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=ignore_index))
+        elif name == "focal":
+            mod = _PixelAgnostic(smp.losses.FocalLoss("multiclass", ignore_index=ignore_index))
+        else:
+            mod = _PixelAgnostic(smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index))
+        terms.append((coef, name, mod))
+    return CombinedLoss(terms, spec)
