@@ -96,6 +96,16 @@ def _card_header(name: str, latency_ms: float | None = None, error: str | None =
     return "".join(parts)
 
 
+def read_upload(image_path: str | None):
+    """Decode an uploaded file as RGB; any problem becomes a message for the user."""
+    if not image_path:
+        raise gr.Error("Upload an image first (or pick an example).")
+    try:
+        return load_image(image_path, "RGB")
+    except ImageError as exc:
+        raise gr.Error(str(exc)) from None
+
+
 def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, dict]:
     """Run every selected architecture on one image.
 
@@ -105,14 +115,9 @@ def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, d
     Raises:
         gr.Error: no image, an image that cannot be read, or no architecture selected.
     """
-    if not image_path:
-        raise gr.Error("Upload an image first (or pick an example).")
     if not archs:
         raise gr.Error("Select at least one architecture.")
-    try:
-        image = load_image(image_path, "RGB")
-    except ImageError as exc:
-        raise gr.Error(str(exc)) from None
+    image = read_upload(image_path)
     results: dict[str, dict] = {}
     for name in archs:
         try:
@@ -168,12 +173,7 @@ def restyle(state: dict | None, opacity: float):
 
 def task_representation(image_path: str | None, arch: str, opacity: float):
     """The Task tab: per-class probability maps (the one-hot channels), argmax map and overlay."""
-    if not image_path:
-        raise gr.Error("Upload an image first (or pick an example).")
-    try:
-        image = load_image(image_path, "RGB")
-    except ImageError as exc:
-        raise gr.Error(str(exc)) from None
+    image = read_upload(image_path)
     try:
         pred = zoo().predict(arch, image)
     except Exception as exc:

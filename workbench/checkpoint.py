@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from .classes import default_classes, default_normalization
 from .registry import UnknownChoiceError, create_model
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors"]
 
 FORMAT = "workbench-checkpoint"
 FORMAT_VERSION = 1
@@ -72,7 +72,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` via a temporary file in the same folder, fsync and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -118,7 +119,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         tensors[k] = t
-    _atomic_save_tensors(weights_path, tensors, {"format": "pt", "architecture": str(arch)})
+    atomic_save_tensors(weights_path, tensors, {"format": "pt", "architecture": str(arch)})
 
     num_classes = int(kwargs.get("num_classes", 0))
     in_chans = int(kwargs.get("in_chans", 3))

@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=10)
     s.add_argument("--no-flops", action="store_true")
     s.add_argument("--out", help="write <out>.json and <out>.md")
+    s.add_argument("--train", action="store_true", help="training throughput instead: fp32 vs channels_last vs bf16 (default size 224x224)")
+    s.add_argument("--batch-size", type=int, default=8, help="batch size for --train")
     s.set_defaults(func=_cmd_bench)
 
     from .train import build_parser as train_flags

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 __all__ = ["pack", "unpack", "save_state", "load_state"]
 
@@ -75,19 +73,10 @@ def _hashable(k: Any) -> Any:
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` atomically to ``path`` (a ``.safetensors`` file)."""
-    path = Path(path)
+    from .checkpoint import atomic_save_tensors
+
     tensors, skeleton = pack(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "workbench-train-state", "skeleton": json.dumps(skeleton)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_tensors(Path(path), tensors, {"format": "workbench-train-state", "skeleton": json.dumps(skeleton)})
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
