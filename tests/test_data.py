@@ -87,12 +87,11 @@ def test_camvid_masks_and_cache(camvid_root):
 
 @pytest.mark.data
 def test_isbi_splits_and_labels(isbi_root):
-    train, test = build_dataset("isbi", "train"), build_dataset("isbi", "test")
-    assert (len(train), len(test)) == (24, 6)
+    train, val, test = build_dataset("isbi", "train"), build_dataset("isbi", "val"), build_dataset("isbi", "test")
+    assert (len(train), len(val), len(test)) == (20, 4, 6)
     assert [p.stem for p, _ in test.files] == ["24", "25", "26", "27", "28", "29"]
-    assert [p.stem for p, _ in train.files] == [str(i) for i in range(24)]
-    val = build_dataset("isbi", "val")
-    assert val.files == test.files and val.split == "test"
+    assert [p.stem for p, _ in val.files] == ["20", "21", "22", "23"]
+    assert [p.stem for p, _ in train.files] == [str(i) for i in range(20)]
     assert (train.in_chans, train.num_classes, train.classes[0]["name"]) == (1, 2, "Membrane")
     s = test[0]
     assert s["image"].shape == (1, 512, 512) and s["image"].dtype == torch.uint8
@@ -102,7 +101,9 @@ def test_isbi_splits_and_labels(isbi_root):
     assert set(np.unique(s["mask"].numpy())) == {0, 1}
     other = build_dataset("isbi", "test", test_slices=[0, 1])
     assert [p.stem for p, _ in other.files] == ["0", "1"]
-    assert len(build_dataset("isbi", "train", test_slices=[0, 1])) == 28
+    assert len(build_dataset("isbi", "train", test_slices=[0, 1])) == 24
+    assert len(build_dataset("isbi", "train", test_slices=[0, 1], val_slices=[])) == 28
+    assert len(build_dataset("isbi", "all")) == 30
     assert test.validate() == 6 and train.validate(max_files=6) == 6
 
 

@@ -71,7 +71,7 @@ def _dataset_option(text: str):
 
 def _cmd_eval(args) -> int:
     from .checkpoint import CheckpointError
-    from .evaluate import EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, write_results
+    from .evaluate import EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, update_manifest, write_results
 
     checkpoints, warnings = collect_checkpoints(args.checkpoints)
     for w in warnings:
@@ -96,8 +96,11 @@ def _cmd_eval(args) -> int:
                     device=args.device,
                     precision=args.precision,
                     progress=not args.quiet,
+                    cost=args.cost or args.update_manifests,
                 )
             )
+            if args.update_manifests:
+                update_manifest(results[-1])
         except (CheckpointError, EvaluationError, ValueError) as exc:
             failed += 1
             print(f"error: {ckpt}: {exc}", file=sys.stderr)
@@ -215,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     s.add_argument("--out", default="eval_results", help="output folder (default: eval_results/)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--cost", action="store_true", help="also measure GFLOPs and the app's CPU latency at 360x480")
+    s.add_argument("--update-manifests", action="store_true", help="write the metrics (and cost) into each checkpoint's manifest")
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("weights", help="class frequencies and loss weights of a dataset split (vs SegNet's for CamVid)")

@@ -21,9 +21,9 @@ Datasets and splits
     ``train.txt`` etc. (the ``/SegNet/CamVid/`` prefix stripped), else matched by file name in
     ``train/`` and ``trainannot/``. 11 classes, void 11 -> 255.
 ``isbi``  (``<root>/isbi2012-membrane``) grayscale (``in_chans=1``), 2 classes (0 membrane,
-    1 cell: label PNG values > 127 -> 1, others 0). ``train`` = slices 0..23, ``test`` = the
-    held-out slices 24..29 (option ``test_slices=``); ``val`` is an alias of ``test`` (there is
-    no separate validation set: report numbers on it as held-out slices 24-29); ``all`` = 30.
+    1 cell: label PNG values > 127 -> 1, others 0). ``test`` = the held-out slices 24..29
+    (option ``test_slices=``), never trained or selected on; ``val`` = slices 20..23 for model
+    selection (option ``val_slices=``); ``train`` = the rest (0..19); ``all`` = 30.
 ``folder``  option ``path=`` to a folder with ``images/`` and ``masks/`` (pairs matched by file
     stem). Splits: ``images/<split>/`` + ``masks/<split>/`` or ``<split>/images/`` +
     ``<split>/masks/`` for ``train``/``val``/``test`` where present, else ``all``. Masks are index
@@ -628,12 +628,13 @@ def _build_camvid(split, data_root, common, options):
     )
 
 
-ISBI_TEST_SLICES = tuple(range(24, 30))
+ISBI_TEST_SLICES = tuple(range(24, 30))  # held out for evaluation, never trained or selected on
+ISBI_VAL_SLICES = tuple(range(20, 24))  # model selection; training uses the rest (0..19)
 
 
 def _build_isbi(split, data_root, common, options):
-    _check_options("isbi", options, {"test_slices"})
-    _check_split("isbi", split, ("train", "test", "val", "all"), " ('val' is the held-out test slices)")
+    _check_options("isbi", options, {"test_slices", "val_slices"})
+    _check_split("isbi", split, ("train", "val", "test", "all"))
     root = require_data_root(data_root)
     base = root / "isbi2012-membrane"
     if not (base / "image").is_dir() or not (base / "label").is_dir():
@@ -646,18 +647,23 @@ def _build_isbi(split, data_root, common, options):
         by_slice = {int(img.stem): (img, msk) for img, msk in pairs}
     except ValueError:
         raise DatasetError(f"{base}/image: file names must be slice numbers (0.png, 1.png, ...)") from None
-    test = sorted({int(s) for s in options.get("test_slices", ISBI_TEST_SLICES)})
-    missing = [s for s in test if s not in by_slice]
-    if missing:
-        raise DatasetError(f"test_slices {missing} not in {base}/image (slices {min(by_slice)}..{max(by_slice)})")
-    if split == "val":
-        split = "test"
+    held: dict[str, list[int]] = {}
+    for key, default in (("test_slices", ISBI_TEST_SLICES), ("val_slices", ISBI_VAL_SLICES)):
+        held[key] = sorted({int(s) for s in options.get(key, default)})
+        missing = [s for s in held[key] if s not in by_slice]
+        if missing:
+            raise DatasetError(f"{key} {missing} not in {base}/image (slices {min(by_slice)}..{max(by_slice)})")
+    test, val = held["test_slices"], [s for s in held["val_slices"] if s not in held["test_slices"]]
     if split == "test":
         chosen = test
+    elif split == "val":
+        chosen = val
     elif split == "train":
-        chosen = [s for s in sorted(by_slice) if s not in test]
+        chosen = [s for s in sorted(by_slice) if s not in test and s not in val]
     else:
         chosen = sorted(by_slice)
+    if not chosen:
+        raise DatasetError(f"isbi split {split!r} is empty with test_slices={test} and val_slices={val}")
     return SegDataset(
         name="isbi", split=split, classes=ISBI_CLASSES, in_chans=1, files=[by_slice[s] for s in chosen],
         labels=LabelDecoder(2, binary=True), default_object_classes=(1,), **common,
@@ -800,3 +806,31 @@ def build_dataset(
         "weight_cache_dir": options.pop("weight_cache_dir", None),
     }
     return builder(split, data_root, common, options)
+
+
+def find_ground_truth(path: str | os.PathLike | None, image: np.ndarray, data_root=None) -> np.ndarray | None:
+    """The CamVid label map of ``image`` if it is a CamVid image under the data root, else ``None``.
+
+    Matched by file name (uploads keep it) *and* pixel content, so a user's own
+    file that happens to share a name never gets someone else's labels. Void is 255.
+    """
+    if not path:
+        return None
+    name = Path(path).name
+    try:
+        base = resolve_data_root(data_root) / "camvid"
+    except Exception:
+        return None
+    for split in ("test", "val", "train"):
+        img_path, mask_path = base / split / name, base / f"{split}annot" / name
+        if not (img_path.is_file() and mask_path.is_file()):
+            continue
+        try:
+            ref = _read_image(img_path, 3)
+            if ref.shape != np.asarray(image).shape or not np.array_equal(ref, np.asarray(image)):
+                continue
+            raw = _read_mask_raw(mask_path)
+        except Exception:
+            return None
+        return LabelDecoder(len(CAMVID_CLASSES), void=CAMVID_VOID)(raw, mask_path)
+    return None

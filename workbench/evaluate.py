@@ -52,6 +52,8 @@ from .predictor import autocast_context, resolve_device, resolve_precision
 __all__ = [
     "EvaluationError",
     "evaluate_checkpoint",
+    "model_cost",
+    "update_manifest",
     "evaluate_model",
     "predict_probs",
     "sliding_window_starts",
@@ -393,6 +395,7 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     per_image: bool = True,
     progress: bool = True,
+    cost: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint on a dataset split at full resolution.
 
@@ -413,6 +416,7 @@ def evaluate_checkpoint(
         device, precision: as for :class:`workbench.Predictor`, but precision defaults to fp32.
         per_image: keep per-image records (name, mIoU, accuracy, sparse confusion).
         progress: show a progress bar on stderr.
+        cost: also measure ``cost``: GFLOPs and the app's CPU latency at 360x480 (see :func:`model_cost`).
 
     Returns:
         A JSON-able dict: ``checkpoint``, ``architecture``, ``num_parameters``,
@@ -477,6 +481,8 @@ def evaluate_checkpoint(
     )
     from . import __version__
 
+    if cost:
+        res["cost"] = model_cost(model, in_chans)
     out: dict[str, Any] = {
         "checkpoint": str(Path(manifest["_path"])),
         "architecture": manifest["architecture"],
@@ -491,6 +497,48 @@ def evaluate_checkpoint(
     out["software"] = {"workbench": __version__, "torch": torch.__version__}
     out["created_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
+
+
+def model_cost(model: nn.Module, in_chans: int = 3, size: tuple[int, int] = (360, 480), repeats: int = 10) -> dict[str, Any]:
+    """GFLOPs and latency of one ``size`` image as the app runs it (auto precision, channels_last, CPU)."""
+    from .analysis import count_flops
+    from .bench import machine_description, time_model
+
+    dev = torch.device("cpu")
+    prec = resolve_precision("auto", dev)
+    times = time_model(model, torch.zeros(1, in_chans, *size), dev, prec, warmup=2, repeats=repeats)
+    model.to(memory_format=torch.contiguous_format)
+    return {
+        "input": list(size),
+        "gflops": count_flops(model, size, in_chans) / 1e9,
+        "cpu_latency_ms": statistics.median(times),
+        "cpu_precision": prec,
+        "machine": machine_description(),
+    }
+
+
+MANIFEST_METRIC_KEYS = ("miou", "pixel_accuracy", "mean_class_accuracy", "per_class_iou", "class_names")
+
+
+def update_manifest(result: dict) -> Path:
+    """Write ``result``'s metrics into its checkpoint manifest (``metrics.<split>``, plus ``cost``); atomic.
+
+    Only the manifest changes: the weights and their sha256 stay as they are.
+    """
+    from .checkpoint import atomic_write_bytes, read_manifest
+
+    manifest = read_manifest(result["checkpoint"])
+    path = Path(manifest.pop("_path"))
+    m = result["metrics"]
+    entry = {k: m[k] for k in MANIFEST_METRIC_KEYS if k in m}
+    entry.update({"split": result["split"], "n_images": result["n_images"], "options": result.get("options")})
+    if "binary" in result:
+        entry["binary"] = result["binary"]
+    manifest.setdefault("metrics", {})[result["split"]] = entry
+    if "cost" in result:
+        manifest["cost"] = result["cost"]
+    atomic_write_bytes(path, (json.dumps(_jsonable(manifest), indent=2, allow_nan=False) + "\n").encode())
+    return path
 
 
 # ----------------------------------------------------------------------------- several checkpoints
@@ -600,6 +648,9 @@ def format_leaderboard(results: list[dict]) -> str:
     if binary:
         head += ["pixel error", "fg IoU", "Rand error"]
     head += [f"IoU {n}" for n in names] + ["params (M)"]
+    has_cost = any("cost" in r for r in rows)
+    if has_cost:
+        head += ["GFLOPs", "CPU ms"]
     if per_row_setting:
         head.append("setting")
     lines = []
@@ -620,6 +671,9 @@ def format_leaderboard(results: list[dict]) -> str:
             cells += [_pct(b.get("pixel_error")), _pct(b.get("foreground_iou")), _pct(b.get("rand_error"))]
         cells += [_pct(iou.get(n)) for n in names]
         cells.append(_params(nparams))
+        if has_cost:
+            c = r.get("cost") or {}
+            cells += [f"{c['gflops']:.1f}" if "gflops" in c else "-", f"{c['cpu_latency_ms']:.0f}" if "cpu_latency_ms" in c else "-"]
         if per_row_setting:
             cells.append(_setting(r))
         lines.append("| " + " | ".join(cells) + " |")
