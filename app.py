@@ -17,9 +17,15 @@ import numpy as np
 
 import workbench
 from workbench import viz
+from workbench import leaderboard as lb
 from workbench.analysis import count_flops, count_parameters, stage_shapes
+from workbench.checkpoint import CheckpointError, read_manifest
+from workbench.classes import IGNORE_INDEX, ISBI_CLASSES
+from workbench.data import find_ground_truth
 from workbench.imageio import ImageError, load_image
-from workbench.paths import resolve_data_root
+from workbench.metrics import ConfusionMatrix, foreground_iou, pixel_error, rand_error
+from workbench.paths import bundled_path, checkpoints_dir, resolve_data_root
+from workbench.predictor import Predictor
 from workbench.zoo import Zoo
 
 ARCHITECTURES = workbench.list_architectures()
@@ -85,7 +91,7 @@ def _badge(entry) -> str:
     return '<span class="wb-badge wb-untrained">untrained: random weights, no checkpoint yet</span>'
 
 
-def _card_header(name: str, latency_ms: float | None = None, error: str | None = None) -> str:
+def _card_header(name: str, latency_ms: float | None = None, error: str | None = None, scores: dict | None = None) -> str:
     entry = zoo().entries[name]
     parts = [f"<b>{html.escape(entry.title)}</b> <code>{name}</code> {_badge(entry)}"]
     if error:
@@ -93,6 +99,8 @@ def _card_header(name: str, latency_ms: float | None = None, error: str | None =
     else:
         params = zoo().num_parameters(name)
         parts.append(f'<div class="wb-stats">latency <b class="wb-latency">{latency_ms:.0f} ms</b> · {params / 1e6:.2f} M parameters</div>')
+        if scores and "miou" in scores:
+            parts.append(f'<div class="wb-stats">on this image: mIoU <b>{100 * scores["miou"]:.1f}</b> · pixel accuracy <b>{100 * scores["accuracy"]:.1f}</b> (classes present)</div>')
     return "".join(parts)
 
 
@@ -106,11 +114,13 @@ def read_upload(image_path: str | None):
         raise gr.Error(str(exc)) from None
 
 
-def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, dict]:
+def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Run every selected architecture on one image.
 
     Returns:
-        ``(image, results)``: the decoded RGB image and ``{arch: {"labels", "latency_ms"} or {"error"}}``.
+        ``(image, results, ground_truth)``: the decoded RGB image,
+        ``{arch: {"labels", "latency_ms"[, "miou", "accuracy"]} or {"error"}}``, and the
+        CamVid label map when the image is a CamVid image under the data root (else None).
 
     Raises:
         gr.Error: no image, an image that cannot be read, or no architecture selected.
@@ -118,32 +128,44 @@ def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, d
     if not archs:
         raise gr.Error("Select at least one architecture.")
     image = read_upload(image_path)
+    arr = np.asarray(image)
+    gt = find_ground_truth(image_path, arr)
     results: dict[str, dict] = {}
     for name in archs:
         try:
             pred = zoo().predict(name, image)
-            results[name] = {"labels": pred.labels, "latency_ms": pred.latency_ms}
+            res = {"labels": pred.labels, "latency_ms": pred.latency_ms}
+            if gt is not None and gt.shape == pred.labels.shape:
+                cm = ConfusionMatrix(len(pred.classes), ignore_index=IGNORE_INDEX)
+                cm.update(pred.labels.astype(np.int64), gt)
+                m = cm.compute()
+                res.update(miou=m["miou"], accuracy=m["pixel_accuracy"])
+            results[name] = res
         except Exception as exc:  # one failing model must not take the comparison down
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    return np.asarray(image), results
+    return arr, results, gt
 
 
-def render_cards(image: np.ndarray | None, results: dict, opacity: float) -> list:
-    """Card contents for every architecture slot: header HTML, mask, overlay, legend, visibility."""
+CARD_FIELDS = 6  # per architecture: column (visibility), header, mask, overlay, error map, legend
+
+
+def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np.ndarray | None = None) -> list:
+    """Card contents for every architecture slot, in :data:`CARD_FIELDS` order."""
     out = []
     for name in ARCHITECTURES:
         res = results.get(name)
         if res is None:
-            out += [gr.update(visible=False), "", None, None, ""]
+            out += [gr.update(visible=False), "", None, None, gr.update(value=None, visible=False), ""]
             continue
         if "error" in res:
-            out += [gr.update(visible=True), _card_header(name, error=res["error"]), None, None, ""]
+            out += [gr.update(visible=True), _card_header(name, error=res["error"]), None, None, gr.update(value=None, visible=False), ""]
             continue
         classes = zoo().predictor(name).classes
         mask = viz.colorize(res["labels"], classes)
         over = viz.overlay(image, mask, opacity)
         legend = viz.legend_html(classes, present=np.unique(res["labels"]))
-        out += [gr.update(visible=True), _card_header(name, res["latency_ms"]), mask, over, legend]
+        err = viz.error_map(res["labels"], gt, image, ignore_index=IGNORE_INDEX) if gt is not None and "miou" in res else None
+        out += [gr.update(visible=True), _card_header(name, res["latency_ms"], scores=res), mask, over, gr.update(value=err, visible=err is not None), legend]
     return out
 
 
@@ -158,17 +180,18 @@ def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray |
 
 def compare(image_path: str | None, archs: list[str], opacity: float):
     """The Compare tab: segment with every selected architecture and lay out one card each."""
-    image, results = segment_all(image_path, archs)
+    image, results, gt = segment_all(image_path, archs)
     dis_img, dis_text = disagreement_outputs(image, results)
-    state = {"image": image, "results": results}
-    return [*render_cards(image, results, opacity), dis_img, dis_text, state]
+    gt_img = viz.colorize(gt, zoo().predictor(archs[0]).classes) if gt is not None else None
+    state = {"image": image, "results": results, "gt": gt}
+    return [*render_cards(image, results, opacity, gt), dis_img, dis_text, gr.update(value=gt_img, visible=gt_img is not None), state]
 
 
 def restyle(state: dict | None, opacity: float):
     """Opacity changed: redraw the overlays from the cached label maps, without rerunning models."""
     if not state:
         return render_cards(None, {}, opacity)
-    return render_cards(state["image"], state["results"], opacity)
+    return render_cards(state["image"], state["results"], opacity, state.get("gt"))
 
 
 def task_representation(image_path: str | None, arch: str, opacity: float):
@@ -215,6 +238,113 @@ def describe_architecture(arch: str, height: float, width: float):
     return text, rows
 
 
+def leaderboard_view():
+    """The Leaderboard tab: test metrics from the shipped manifests, published anchors, two figures."""
+    manifests = {name: e.manifest for name, e in zoo().entries.items() if e.trained}
+    rows = lb.leaderboard_rows(manifests, "test")
+    if rows:
+        text = (
+            f"**{len(rows)} checkpoints trained here** on CamVid train (val for model selection), evaluated on the 233 test "
+            "images at 360x480, void excluded (`python -m workbench eval checkpoints/*.json --split test`). "
+            "Rows marked *published* are the papers' numbers on the same split, for reference."
+        )
+    else:
+        text = "No evaluated checkpoints are shipped yet: the table shows the published reference numbers only."
+    return lb.table(rows, lb.PUBLISHED_CAMVID), lb.per_class_iou_figure(rows), lb.miou_latency_figure(rows, lb.PUBLISHED_CAMVID), text
+
+
+_WEIGHTS_CACHE: dict[str, dict] = {}
+
+
+def camvid_class_weights() -> dict:
+    """Median-frequency weights computed from the CamVid training labels (or the committed copy without data)."""
+    if "camvid" not in _WEIGHTS_CACHE:
+        from workbench import weighting
+        from workbench.data import DatasetError, build_dataset
+
+        try:
+            ds = build_dataset("camvid", "train")
+            pixels, image_pixels = weighting.class_pixel_stats(ds.masks(), ds.num_classes, IGNORE_INDEX)
+            data = {"classes": ds.class_names, "weights": [float(w) for w in weighting.median_frequency_weights(pixels, image_pixels)], "source": "computed now from the training labels"}
+        except DatasetError:
+            import json
+
+            saved_path = bundled_path("benchmarks") / "camvid_class_weights.json"
+            if not saved_path.is_file():
+                raise gr.Error("CamVid is not under the data root and no saved weights were found.") from None
+            saved = json.loads(saved_path.read_text())
+            data = {"classes": saved["classes"], "weights": saved["weights"], "source": "saved by `workbench weights --json` (CamVid not found under the data root)"}
+        data["segnet"] = list(weighting.SEGNET_CAMVID_WEIGHTS)
+        _WEIGHTS_CACHE["camvid"] = data
+    return _WEIGHTS_CACHE["camvid"]
+
+
+def class_weights_view():
+    d = camvid_class_weights()
+    fig = lb.class_weights_figure(d["classes"], d["weights"], d["segnet"])
+    rows = [[c, f"{w:.4f}", f"{r:.4f}"] for c, w, r in zip(d["classes"], d["weights"], d["segnet"])]
+    text = (
+        "**Median-frequency balancing** (Eigen & Fergus; used by FCN and SegNet): freq(c) = pixels of class c / pixels of the "
+        "images that contain c, and w_c = median(freq) / freq(c). Rare classes (poles, pedestrians, cyclists) weigh up to "
+        f"about 40x more than the road in the cross-entropy. Weights {d['source']}; the shipped CamVid models train with them."
+    )
+    return fig, rows, text
+
+
+_ISBI: dict[str, Predictor] = {}
+
+
+def isbi_predictors() -> dict[str, Predictor]:
+    """The two shipped ISBI U-Nets, keyed "without" / "with" border weighting (lazily loaded)."""
+    if not _ISBI:
+        for path in sorted(checkpoints_dir().glob("*.json")):
+            try:
+                man = read_manifest(path)
+            except CheckpointError:
+                continue
+            ds = man.get("dataset")
+            if (ds.get("name") if isinstance(ds, dict) else ds) != "isbi":
+                continue
+            key = "with" if ((man.get("training") or {}).get("config") or {}).get("border_weights") else "without"
+            _ISBI.setdefault(key, Predictor(path, "cpu", precision="fp32"))
+    return _ISBI
+
+
+def isbi_view(slice_index: float):
+    """An ISBI held-out slice: image, label, the U-Net border weight map, and both U-Nets' predictions with errors."""
+    from workbench.data import DatasetError, build_dataset
+    from workbench.weighting import unet_border_weights
+
+    idx = int(slice_index)
+    try:
+        ds = build_dataset("isbi", "test")
+    except DatasetError as exc:
+        raise gr.Error(str(exc)) from None
+    names = [p.stem for p, _ in ds.files]
+    if str(idx) not in names:
+        raise gr.Error(f"slice {idx} is not one of the held-out slices {', '.join(names)}")
+    sample = ds[names.index(str(idx))]
+    image = sample["image"].numpy()[0]
+    gt = sample["mask"].numpy()
+    weights = unet_border_weights(gt)
+    out = [image, viz.colorize(gt, ISBI_CLASSES), viz.heatmap(weights, 0.0, float(weights.max()), "magma")]
+    lines = [f"Slice {idx} (held out: never trained or selected on). Border weight map: w(x) = w_c(x) + 10 exp(-(d1 + d2)^2 / (2 * 5^2)), max {weights.max():.1f}."]
+    preds = isbi_predictors()
+    for key in ("without", "with"):
+        pred = preds.get(key)
+        if pred is None:
+            out += [None, None]
+            lines.append(f"- U-Net {key} border weighting: no checkpoint shipped yet.")
+            continue
+        labels = pred.predict(image).labels.astype(np.int64)
+        out += [viz.colorize(labels, ISBI_CLASSES), viz.error_map(labels, gt, image)]
+        lines.append(
+            f"- U-Net **{key}** border weighting: pixel error {100 * pixel_error(labels, gt):.2f}%, "
+            f"cell IoU {100 * foreground_iou(labels, gt):.1f}%, Rand error {rand_error(labels, gt):.4f}"
+        )
+    return [*out, "\n".join(lines)]
+
+
 def plugin_status_markdown() -> str:
     if not PLUGIN_ERRORS:
         return ""
@@ -247,9 +377,11 @@ with gr.Blocks(title="Segmentation Workbench") as demo:
                 cmp_button = gr.Button("Segment", variant="primary")
                 examples = example_images()
                 if examples:
-                    gr.Examples(examples, inputs=cmp_image, label="CamVid test images")
+                    gr.Examples(examples, inputs=cmp_image, label="CamVid test images (ground truth and error maps shown)")
             with gr.Column(scale=2, min_width=320):
-                dis_image = gr.Image(label="Disagreement map", format="png", interactive=False, height=300)
+                with gr.Row():
+                    dis_image = gr.Image(label="Disagreement map", format="png", interactive=False, height=300)
+                    gt_image = gr.Image(label="Ground truth", format="png", interactive=False, height=300, visible=False)
                 dis_text = gr.Markdown()
         cmp_state = gr.State()
         card_outputs = []
@@ -259,8 +391,9 @@ with gr.Blocks(title="Segmentation Workbench") as demo:
                     header = gr.HTML()
                     mask = gr.Image(label="Mask", format="png", interactive=False, height=220)
                     over = gr.Image(label="Overlay", format="png", interactive=False, height=220)
+                    err = gr.Image(label="Errors (red: wrong, dark blue: void)", format="png", interactive=False, height=220, visible=False)
                     legend = gr.HTML()
-                card_outputs += [card, header, mask, over, legend]
+                card_outputs += [card, header, mask, over, err, legend]
 
     with gr.Tab("Task representation"):
         gr.Markdown("How a segmentation network represents its answer: one probability map per class, then an argmax.")
@@ -289,12 +422,50 @@ with gr.Blocks(title="Segmentation Workbench") as demo:
         arch_text = gr.Markdown()
         arch_table = gr.Dataframe(headers=["stage", "channels", "feature map (H x W)", "resolution"], label="Feature maps stage by stage", interactive=False)
 
+    with gr.Tab("Leaderboard"):
+        lb_text = gr.Markdown()
+        lb_table = gr.Dataframe(headers=lb.TABLE_HEADERS, label="CamVid test set (233 images, 360x480, 11 classes, void excluded)", interactive=False, wrap=True)
+        lb_bars = gr.Plot(label="Per-class IoU")
+        lb_scatter = gr.Plot(label="mIoU against CPU latency")
+        lb_button = gr.Button("Refresh")
+
+    with gr.Tab("Loss weighting"):
+        gr.Markdown("## Class weighting for imbalance (Long et al.; SegNet)")
+        with gr.Row():
+            w_plot = gr.Plot(label="CamVid class weights")
+            w_table = gr.Dataframe(headers=["class", "computed", "SegNet reference"], interactive=False)
+        w_text = gr.Markdown()
+        w_button = gr.Button("Compute class weights")
+        gr.Markdown(
+            "## U-Net border weighting (Ronneberger et al.)\nTouching cells are separated by membranes a few pixels thin. "
+            "The border weight map makes the loss care most about the pixels between two cells; compare the U-Net trained "
+            "with it and the one trained without it on the held-out slices 24-29."
+        )
+        with gr.Row():
+            isbi_slice = gr.Slider(24, 29, value=24, step=1, label="Held-out ISBI slice")
+            isbi_button = gr.Button("Show slice", variant="primary")
+        with gr.Row():
+            isbi_img = gr.Image(label="EM slice", format="png", interactive=False)
+            isbi_gt = gr.Image(label="Label (membrane red)", format="png", interactive=False)
+            isbi_w = gr.Image(label="Border weight map", format="png", interactive=False)
+        with gr.Row():
+            isbi_plain = gr.Image(label="U-Net without border weighting", format="png", interactive=False)
+            isbi_plain_err = gr.Image(label="its errors", format="png", interactive=False)
+            isbi_border = gr.Image(label="U-Net with border weighting", format="png", interactive=False)
+            isbi_border_err = gr.Image(label="its errors", format="png", interactive=False)
+        isbi_text = gr.Markdown()
+
     # ------------------------------------------------------------------------- events
-    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], [*card_outputs, dis_image, dis_text, cmp_state], api_name="compare")
+    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], [*card_outputs, dis_image, dis_text, gt_image, cmp_state], api_name="compare")
     cmp_opacity.release(restyle, [cmp_state, cmp_opacity], card_outputs, api_name=False)
     task_button.click(task_representation, [task_image, task_arch, task_opacity], [task_gallery, task_mask, task_over, task_legend, task_note], api_name="task_representation")
     arch_button.click(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name="describe_architecture")
     demo.load(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name=False)
+    lb_outputs = [lb_table, lb_bars, lb_scatter, lb_text]
+    lb_button.click(leaderboard_view, None, lb_outputs, api_name="leaderboard")
+    demo.load(leaderboard_view, None, lb_outputs, api_name=False)
+    w_button.click(class_weights_view, None, [w_plot, w_table, w_text], api_name="class_weights")
+    isbi_button.click(isbi_view, isbi_slice, [isbi_img, isbi_gt, isbi_w, isbi_plain, isbi_plain_err, isbi_border, isbi_border_err, isbi_text], api_name="isbi")
 
 demo.queue(max_size=32, default_concurrency_limit=1)
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 app = pytest.importorskip("app")
 gr = pytest.importorskip("gradio")
 
-CARD_FIELDS = 5  # per architecture: column visibility, header, mask, overlay, legend
+CARD_FIELDS = app.CARD_FIELDS  # per architecture: column visibility, header, mask, overlay, error map, legend
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_compare_renders_selected_cards_and_disagreement(street):
     archs = ["fcn8s", "unet", "naive"]
     out = app.compare(street, archs, 0.5)
     cards = _cards(out)
-    for name, (vis, header, mask, over, legend) in cards.items():
+    for name, (vis, header, mask, over, err, legend) in cards.items():
         if name in archs:
             assert vis["visible"] is True
             assert "latency" in header and "parameters" in header
@@ -56,9 +56,11 @@ def test_compare_renders_selected_cards_and_disagreement(street):
             assert mask.shape == (96, 128, 3) and mask.dtype == np.uint8
             assert over.shape == (96, 128, 3)
             assert "wb-legend" in legend
+            assert err["visible"] is False  # no ground truth for a user's own image
         else:
             assert vis["visible"] is False
-    dis_img, dis_text, state = out[-3], out[-2], out[-1]
+    dis_img, dis_text, gt, state = out[-4], out[-3], out[-2], out[-1]
+    assert gt["visible"] is False
     assert dis_img.shape == (96, 128, 3)
     assert "3 models agree on" in dis_text
     assert set(state["results"]) == set(archs)
@@ -78,7 +80,7 @@ def test_opacity_restyle_reuses_cached_labels(street):
     img = np.asarray(Image.open(street).convert("RGB"))
     assert np.array_equal(over0, img)  # opacity 0: the image itself
     restyled = app.restyle(state, 1.0)
-    _, _, mask, over1, _ = _cards(restyled)["fcn8s"]
+    _, _, mask, over1, _, _ = _cards(restyled)["fcn8s"]
     assert np.array_equal(over1, mask)  # opacity 1: the mask itself
 
 
@@ -158,16 +160,65 @@ def test_served_app_answers_gradio_client(street):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         result = client.predict(handle_file(street), ["fcn8s", "unet"], 0.5, api_name="/compare")
         n = len(app.ARCHITECTURES)
-        assert len(result) == 4 * n + 2  # header, mask, overlay, legend per slot; disagreement image and text
+        per_card = CARD_FIELDS - 1  # the column's visibility is not an API output
+        assert len(result) == per_card * n + 3  # header, mask, overlay, errors, legend per slot; disagreement image and text; ground truth
         names = app.ARCHITECTURES
         for i, name in enumerate(names):
-            header, mask, over, _ = result[4 * i : 4 * i + 4]
+            header, mask, over, _, _ = result[per_card * i : per_card * i + per_card]
             if name in ("fcn8s", "unet"):
                 assert "latency" in header
                 assert Image.open(mask).size == (128, 96)
                 assert Image.open(over).size == (128, 96)
-        assert "2 models agree on" in result[-1]
+        assert "2 models agree on" in result[-2]
         text, table = client.predict("unet", 64, 64, api_name="/describe_architecture")
         assert "U-Net" in text
     finally:
         app.demo.close()
+
+
+DATA = __import__("workbench.paths", fromlist=["resolve_data_root"]).resolve_data_root()
+
+
+@pytest.mark.data
+def test_camvid_example_gets_ground_truth_error_maps_and_scores():
+    if not (DATA / "camvid" / "test").is_dir():
+        pytest.skip(f"CamVid not found under {DATA}: set WORKBENCH_DATA_ROOT")
+    path = app.example_images(1)[0]
+    out = app.compare(path, ["fcn8s", "naive"], 0.5)
+    cards = _cards(out)
+    for name in ("fcn8s", "naive"):
+        vis, header, mask, over, err, legend = cards[name]
+        assert err["visible"] is True and err["value"].shape == mask.shape
+        assert "on this image: mIoU" in header
+    gt = out[-2]
+    assert gt["visible"] is True and gt["value"].shape == (360, 480, 3)
+
+
+def test_leaderboard_always_shows_the_published_anchors_marked_as_such():
+    table, bars, scatter, text = app.leaderboard_view()
+    published = [row for row in table if "(published)" in row[0]]
+    assert [row[1] for row in published] == ["66.9", "65.3", "58.9", "57.0"]
+    assert all("reference row" in row[-1] for row in published)
+    trained = [row for row in table if "(published)" not in row[0]]
+    shipped = [e for e in app.zoo().entries.values() if e.trained and (e.manifest.get("metrics") or {}).get("test")]
+    assert len(trained) == len(shipped)
+    assert bars is not None and scatter is not None
+
+
+def test_class_weights_tab():
+    fig, rows, text = app.class_weights_view()
+    assert len(rows) == 11 and rows[0][0] == "Sky"
+    assert float(rows[2][1]) > 10 * float(rows[3][1])  # Pole weighs far more than Road
+    assert "median" in text.lower()
+
+
+@pytest.mark.data
+def test_isbi_tab_shows_border_weights_for_a_held_out_slice():
+    if not (DATA / "isbi2012-membrane").is_dir():
+        pytest.skip(f"ISBI 2012 not found under {DATA}: set WORKBENCH_DATA_ROOT")
+    out = app.isbi_view(25)
+    image, gt, weights = out[:3]
+    assert image.shape == (512, 512) and gt.shape == (512, 512, 3) and weights.shape == (512, 512, 3)
+    assert "Slice 25" in out[-1]
+    with pytest.raises(gr.Error, match="held-out"):
+        app.isbi_view(3)

@@ -1,0 +1,155 @@
+"""The leaderboard: rows from checkpoint manifests, published anchors, and the figures that compare them.
+
+Pure functions: manifests (dicts) in, table rows and matplotlib figures out.
+The numbers are the ones ``workbench eval --update-manifests`` wrote into the
+manifests, so the app, the README table and the eval JSON agree by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["PUBLISHED_CAMVID", "leaderboard_rows", "table", "per_class_iou_figure", "miou_latency_figure", "class_weights_figure"]
+
+# Published mean IoU on the same CamVid split (SegNet's 11 classes, 233 test images, 360x480).
+PUBLISHED_CAMVID = [
+    {"model": "FC-DenseNet103", "miou": 0.669, "source": "Jegou et al. 2017, Table 2", "note": "trained from scratch"},
+    {"model": "Dilation8", "miou": 0.653, "source": "Yu & Koltun 2016, as reported by Jegou et al. 2017", "note": "ImageNet-pretrained VGG-16"},
+    {"model": "FC-DenseNet56", "miou": 0.589, "source": "Jegou et al. 2017, Table 2", "note": "trained from scratch"},
+    {"model": "FCN-8s", "miou": 0.570, "source": "Long et al. 2015, as reported by Jegou et al. 2017", "note": "ImageNet-pretrained VGG-16"},
+]
+
+
+def leaderboard_rows(manifests: dict[str, dict], split: str = "test") -> list[dict[str, Any]]:
+    """One row per checkpoint that has ``metrics[split]``, best mIoU first.
+
+    Args:
+        manifests: ``{name: manifest}`` (e.g. architecture name -> its checkpoint's manifest).
+    """
+    rows = []
+    for name, man in manifests.items():
+        m = (man.get("metrics") or {}).get(split)
+        if not m:
+            continue
+        cost = man.get("cost") or {}
+        rows.append(
+            {
+                "name": name,
+                "architecture": man.get("architecture", name),
+                "miou": m.get("miou"),
+                "pixel_accuracy": m.get("pixel_accuracy"),
+                "mean_class_accuracy": m.get("mean_class_accuracy"),
+                "per_class_iou": m.get("per_class_iou") or [],
+                "class_names": m.get("class_names") or [c["name"] for c in man.get("classes", [])],
+                "params": man.get("num_parameters"),
+                "gflops": cost.get("gflops"),
+                "latency_ms": cost.get("cpu_latency_ms"),
+                "val_miou": ((man.get("metrics") or {}).get("val") or {}).get("miou"),
+                "epochs": (man.get("training") or {}).get("epochs_completed"),
+            }
+        )
+    return sorted(rows, key=lambda r: -(r["miou"] if isinstance(r["miou"], (int, float)) and not math.isnan(r["miou"]) else -1))
+
+
+def _pct(v) -> str:
+    return "-" if not isinstance(v, (int, float)) or math.isnan(v) else f"{100 * v:.1f}"
+
+
+TABLE_HEADERS = ["model", "test mIoU", "global acc", "mean class acc", "val mIoU", "params (M)", "GFLOPs", "CPU ms", "note"]
+
+
+def table(rows: list[dict], anchors: list[dict] | None = None) -> list[list]:
+    """Rows for a table with :data:`TABLE_HEADERS`; published anchors are added and marked as such."""
+    out = []
+    for r in rows:
+        out.append(
+            [
+                r["name"],
+                _pct(r["miou"]),
+                _pct(r["pixel_accuracy"]),
+                _pct(r["mean_class_accuracy"]),
+                _pct(r["val_miou"]),
+                "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}",
+                "-" if r["gflops"] is None else f"{r['gflops']:.1f}",
+                "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}",
+                f"trained here, {r['epochs']} epochs" if r.get("epochs") else "trained here",
+            ]
+        )
+    for a in anchors or []:
+        out.append([f"{a['model']} (published)", _pct(a["miou"]), "-", "-", "-", "-", "-", "-", f"reference row: {a['note']}; {a['source']}"])
+    return out
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def per_class_iou_figure(rows: list[dict]):
+    """Grouped bars: per-class IoU of every checkpoint."""
+    import numpy as np
+
+    fig = _figure(11, 4)
+    ax = fig.add_subplot()
+    if not rows:
+        ax.text(0.5, 0.5, "no evaluated checkpoints yet", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    names = rows[0]["class_names"]
+    n = len(rows)
+    width = 0.8 / n
+    x = np.arange(len(names))
+    for i, r in enumerate(rows):
+        vals = [100 * (v if isinstance(v, (int, float)) and not math.isnan(v) else 0.0) for v in r["per_class_iou"]]
+        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, label=r["name"])
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-class IoU on the CamVid test set")
+    ax.legend(fontsize=7, ncol=min(n, 5))
+    fig.tight_layout()
+    return fig
+
+
+def miou_latency_figure(rows: list[dict], anchors: list[dict] | None = None):
+    """Scatter of test mIoU against CPU latency; published anchors as horizontal reference lines."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    pts = [r for r in rows if r["latency_ms"] is not None and r["miou"] is not None]
+    for r in pts:
+        ax.scatter(r["latency_ms"], 100 * r["miou"], s=40)
+        ax.annotate(r["name"], (r["latency_ms"], 100 * r["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for a in anchors or []:
+        ax.axhline(100 * a["miou"], color="grey", lw=0.8, ls="--")
+        ax.text(ax.get_xlim()[1] if pts else 1, 100 * a["miou"], f" {a['model']} (published)", fontsize=7, va="bottom", ha="right", color="grey")
+    if pts:
+        ax.set_xscale("log")
+    ax.set_xlabel("CPU latency per 360x480 image (ms, log scale)")
+    ax.set_ylabel("test mIoU (%)")
+    ax.set_title("Quality against speed")
+    fig.tight_layout()
+    return fig
+
+
+def class_weights_figure(names: list[str], computed: list[float], reference: list[float] | None = None, label: str = "median frequency (computed here)"):
+    """Bars of class weights, with a reference set (e.g. SegNet's) beside them."""
+    import numpy as np
+
+    fig = _figure(9, 3.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    w = 0.4 if reference else 0.8
+    ax.bar(x - (w / 2 if reference else 0), computed, w, label=label)
+    if reference:
+        ax.bar(x + w / 2, reference, w, label="SegNet tutorial reference")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("loss weight")
+    ax.set_title("CamVid class weights (rare classes weigh more)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
