@@ -137,6 +137,41 @@ def train_to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+ENCODER_CANDIDATES = ("resnet10t", "resnet18", "resnet34", "efficientnet_b0", "mobilenetv3_large_100", "regnetx_004", "convnext_atto")
+
+
+def run_encoder_bench(names=ENCODER_CANDIDATES, *, size=(384, 480), device: str = "auto", repeats: int = 10) -> dict:
+    """Encoder candidates for the shared timm encoder: parameters, fp16 size, latency (fp32 and the fast precision)."""
+    from .encoders import TimmEncoder
+
+    dev = resolve_device(device)
+    fast = resolve_precision("auto", dev)
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        enc = TimmEncoder(name)
+        params = count_parameters(enc)
+        row = {"encoder": name, "params": params, "fp16_mb": params * 2 / 2**20, "residual": enc.is_residual}
+        for prec in dict.fromkeys(("fp32", fast)):
+            times = time_model(enc, torch.randn(1, 3, *size), dev, prec, repeats=repeats)
+            row[f"latency_{prec}_ms"] = statistics.median(times)
+        rows.append(row)
+    return {"machine": machine_description(), "device": str(dev), "precision": fast, "input": list(size), "rows": rows}
+
+
+def encoders_to_markdown(result: dict) -> str:
+    m, fast = result["machine"], result["precision"]
+    lines = [
+        f"timm encoders (features_only) on 1x3x{result['input'][0]}x{result['input'][1]}, device {result['device']}, {m['threads']} threads, {m['cpu']}, torch {m['torch']}",
+        "",
+        f"| encoder | params (M) | fp16 size (MB) | residual | fp32 ms | {fast} ms |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['encoder']} | {r['params'] / 1e6:.2f} | {r['fp16_mb']:.1f} | {'yes' if r['residual'] else 'no'} | {r['latency_fp32_ms']:.0f} | {r[f'latency_{fast}_ms']:.0f} |")
+    return "\n".join(lines)
+
+
 def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
@@ -153,7 +188,10 @@ def to_markdown(result: dict) -> str:
 
 
 def main(args) -> int:
-    if args.train:
+    if args.encoders:
+        result = run_encoder_bench(repeats=args.repeats)
+        md = encoders_to_markdown(result)
+    elif args.train:
         size = tuple(args.size) if args.size != [360, 480] else (224, 224)
         result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats)
         md = train_to_markdown(result)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from .classes import default_classes, default_normalization
 from .registry import UnknownChoiceError, create_model
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors", "export_checkpoint"]
 
 FORMAT = "workbench-checkpoint"
 FORMAT_VERSION = 1
@@ -253,3 +253,18 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     model.load_state_dict(state, strict=True)
     model.workbench_manifest = manifest
     return model.to(device).eval(), manifest
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype | None = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+    """Copy a checkpoint under a new name (e.g. a run's ``best`` into ``checkpoints/``), verified on the way.
+
+    The source is loaded (hash checked), and saved again with its manifest and
+    ``extra`` fields merged in; weights are stored in ``dtype`` (fp16 by default).
+
+    Returns:
+        The new manifest path.
+    """
+    model, manifest = load_checkpoint(src)
+    keep = {k: v for k, v in manifest.items() if k not in ("_path", "weights", "software", "created_utc", "format", "format_version")}
+    keep.update(extra or {})
+    return save_checkpoint(dst, model, keep, dtype=dtype)

@@ -50,6 +50,18 @@ def _cmd_train(args) -> int:
     return train.main(args)
 
 
+def _cmd_export(args) -> int:
+    import torch
+
+    from .checkpoint import export_checkpoint
+
+    extra = {"default": True} if args.default else {}
+    dtype = {"float16": torch.float16, "float32": None, "bfloat16": torch.bfloat16}[args.dtype]
+    path = export_checkpoint(args.src, args.dst, dtype=dtype, extra=extra)
+    print(f"wrote {path} and {path.with_suffix('.safetensors').name}")
+    return 0
+
+
 def _cmd_app(args) -> int:
     import runpy
 
@@ -196,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write <out>.json and <out>.md")
     s.add_argument("--train", action="store_true", help="training throughput instead: fp32 vs channels_last vs bf16 (default size 224x224)")
     s.add_argument("--batch-size", type=int, default=8, help="batch size for --train")
+    s.add_argument("--encoders", action="store_true", help="compare candidate timm encoders instead (size, latency)")
     s.set_defaults(func=_cmd_bench)
 
     from .train import build_parser as train_flags
@@ -230,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="median", choices=["median", "inverse"])
     s.add_argument("--json", default=None, metavar="OUT", help="also write the numbers to this JSON file")
     s.set_defaults(func=_cmd_weights)
+
+    s = sub.add_parser("export", help="copy a checkpoint under a new name (verified; fp16 weights), e.g. a run's best into checkpoints/")
+    s.add_argument("src", help="source checkpoint (.json)")
+    s.add_argument("dst", help="destination path without suffix, e.g. checkpoints/camvid_unet")
+    s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    s.add_argument("--default", action="store_true", help='mark as the default checkpoint of its architecture ("default": true)')
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)

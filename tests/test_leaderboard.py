@@ -1,0 +1,88 @@
+"""The shipped checkpoints: size rules, manifests that agree with the committed leaderboard, reproducible numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from workbench.checkpoint import read_manifest
+from workbench.leaderboard import PUBLISHED_CAMVID, leaderboard_rows, table
+from workbench.paths import checkpoints_dir, resolve_data_root
+
+CKPT = checkpoints_dir()
+MANIFESTS = sorted(p for p in CKPT.glob("*.json"))
+EVALUATED = [p for p in MANIFESTS if (read_manifest(p).get("metrics") or {}).get("test")]
+needs_checkpoints = pytest.mark.skipif(not MANIFESTS, reason="no checkpoints shipped yet")
+
+
+@needs_checkpoints
+def test_checkpoint_size_rules():
+    total = sum(p.stat().st_size for p in CKPT.rglob("*") if p.is_file())
+    assert total <= 200 * 2**20, f"checkpoints/ holds {total / 2**20:.0f} MB (limit 200)"
+    for p in MANIFESTS:
+        man = read_manifest(p)
+        weights = CKPT / man["weights"]["file"]
+        assert weights.stat().st_size <= 20 * 2**20, f"{weights.name} is over 20 MB"
+        assert man["weights"]["dtype"] == "float16", f"{p.name}: weights must be stored in fp16"
+
+
+@needs_checkpoints
+@pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
+def test_manifest_is_complete(path):
+    man = read_manifest(path)
+    for key in ("architecture", "kwargs", "dataset", "classes", "normalization", "training", "metrics", "num_parameters"):
+        assert key in man, f"{path.name} lacks {key}"
+    training = man["training"]
+    for key in ("command", "config", "epochs_completed", "wall_time_s", "hardware"):
+        assert key in training, f"{path.name} lacks training.{key}"
+    assert "val" in man["metrics"] and "test" in man["metrics"], f"{path.name}: val and test metrics expected"
+    assert "gflops" in man.get("cost", {}) and "cpu_latency_ms" in man["cost"]
+
+
+@needs_checkpoints
+@pytest.mark.parametrize("path", EVALUATED, ids=[p.stem for p in EVALUATED])
+def test_manifest_agrees_with_committed_eval_and_leaderboard(path):
+    man = read_manifest(path)
+    sub = "isbi/" if man["dataset"]["name"] == "isbi" else ""
+    result = json.loads((CKPT / "eval" / f"{sub}{path.stem}.test.json").read_text())
+    assert result["metrics"]["miou"] == pytest.approx(man["metrics"]["test"]["miou"], abs=1e-12)
+    assert result["n_images"] == man["metrics"]["test"]["n_images"]
+    board = (CKPT / "eval" / sub / "leaderboard_test.md").read_text()
+    row = next(line for line in board.splitlines() if f"| {path.stem} |" in line)
+    assert f"| {100 * man['metrics']['test']['miou']:.1f} |" in row
+
+
+@needs_checkpoints
+def test_camvid_quality_bar():
+    rows = leaderboard_rows({p.stem: read_manifest(p) for p in EVALUATED if read_manifest(p)["dataset"]["name"] == "camvid"})
+    if not rows:
+        pytest.skip("no evaluated CamVid checkpoints yet")
+    assert all(r["miou"] >= 0.50 for r in rows), [(r["name"], r["miou"]) for r in rows]
+    tab = table(rows, PUBLISHED_CAMVID)
+    assert sum("(published)" in r[0] for r in tab) == len(PUBLISHED_CAMVID)
+
+
+@pytest.mark.data
+@needs_checkpoints
+def test_reevaluating_a_checkpoint_reproduces_its_stored_per_image_results():
+    """CI re-runs the cheapest shipped CamVid checkpoint on 3 test images and compares with the committed results."""
+    if not (resolve_data_root() / "camvid" / "test").is_dir():
+        pytest.skip(f"CamVid not found under {resolve_data_root()}: set WORKBENCH_DATA_ROOT")
+    camvid = [p for p in EVALUATED if read_manifest(p)["dataset"]["name"] == "camvid"]
+    if not camvid:
+        pytest.skip("no evaluated CamVid checkpoints yet")
+    cheapest = min(camvid, key=lambda p: read_manifest(p)["cost"]["gflops"])
+    from workbench.evaluate import confusion_from_entries, evaluate_checkpoint
+
+    stored = json.loads((CKPT / "eval" / f"{cheapest.stem}.test.json").read_text())
+    fresh = evaluate_checkpoint(cheapest, split="test", limit=3, progress=False)
+    c = len(stored["metrics"]["class_names"])
+    for old, new in zip(stored["per_image"][:3], fresh["per_image"]):
+        assert old["name"] == new["name"]
+        a, b = confusion_from_entries(old["confusion"], c), confusion_from_entries(new["confusion"], c)
+        agree = (a.diagonal().sum() == b.diagonal().sum()) or abs(int(a.diagonal().sum()) - int(b.diagonal().sum())) / a.sum() < 1e-3
+        assert agree, f"{old['name']}: correct pixels {int(a.diagonal().sum())} stored vs {int(b.diagonal().sum())} now"
+        assert math.isclose(old["miou"], new["miou"], abs_tol=0.005)
