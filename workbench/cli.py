@@ -62,6 +62,12 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_loadtest(args) -> int:
+    from . import loadtest
+
+    return loadtest.main(args)
+
+
 def _cmd_app(args) -> int:
     import runpy
 
@@ -250,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     s.add_argument("--default", action="store_true", help='mark as the default checkpoint of its architecture ("default": true)')
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("loadtest", help="concurrent clients against the served app: correctness, errors, latency, memory")
+    s.add_argument("--clients", type=int, default=16)
+    s.add_argument("--requests", type=int, default=320)
+    s.add_argument("--invalid-fraction", type=float, default=0.25)
+    s.add_argument("--arch", nargs="+", default=["fcn8s", "unet"], help="architectures each request runs")
+    s.add_argument("--url", default=None, help="a running app (default: start one on a free local port)")
+    s.add_argument("--memory-bound", type=float, default=300.0, help="allowed growth of the server's resident memory (MB)")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_loadtest)
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)

@@ -150,6 +150,7 @@ class Predictor:
         num_classes = kwargs.get("num_classes")
         self.manifest = manifest
         self.classes = classes or manifest.get("classes") or default_classes(int(num_classes or 0))
+        self.num_classes = int(num_classes) if num_classes else (len(self.classes) or None)  # None: unknown, not checked
         norm = normalization or manifest.get("normalization") or default_normalization(self.in_chans)
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32).view(-1, 1, 1)
@@ -184,6 +185,10 @@ class Predictor:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.precision):
             y = self.model(x)
+        expected = (x.shape[0], self.num_classes or (y.shape[1] if isinstance(y, torch.Tensor) and y.ndim == 4 else -1), *x.shape[-2:])
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"the model returned {got}, expected logits of shape {expected}")
         return y.float().cpu()
 
     def warmup(self, size: tuple[int, int] = (360, 480)) -> None:

@@ -10,6 +10,7 @@ only and never stops the others.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,13 @@ from .paths import checkpoints_dir
 from .predictor import Prediction, Predictor
 from .registry import create_model, get_architecture, list_architectures
 
-__all__ = ["Zoo", "ZooEntry", "discover_checkpoints"]
+__all__ = ["Zoo", "ZooEntry", "ModelTimeout", "discover_checkpoints", "DEFAULT_TIMEOUT_S"]
+
+DEFAULT_TIMEOUT_S = float(os.environ.get("WORKBENCH_MODEL_TIMEOUT", "60"))
+
+
+class ModelTimeout(RuntimeError):
+    """A model did not answer in time (it keeps running in the background; later calls are refused until it ends)."""
 
 
 @dataclass
@@ -76,10 +83,14 @@ class Zoo:
         checkpoints: folder with checkpoints (default: the shipped ``checkpoints/``).
         dataset: which dataset's checkpoints to serve; untrained models get its classes.
         device, precision, max_side: passed to :class:`~workbench.predictor.Predictor`.
+        timeout: seconds a model may take for one image (loading included) before its card shows
+            an error; ``None`` waits forever. Default ``$WORKBENCH_MODEL_TIMEOUT`` or 60.
     """
 
-    def __init__(self, checkpoints: Path | None = None, dataset: str = "camvid", *, device: str = "auto", precision: str = "auto", max_side: int = 1024, num_classes: int = 11) -> None:
+    def __init__(self, checkpoints: Path | None = None, dataset: str = "camvid", *, device: str = "auto", precision: str = "auto", max_side: int = 1024, num_classes: int = 11, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         self.dataset = dataset
+        self.timeout = timeout
+        self._running: dict[str, threading.Thread] = {}  # calls that exceeded the timeout and still run
         self.num_classes = num_classes
         self.device, self.precision, self.max_side = device, precision, max_side
         found, self.checkpoint_errors = discover_checkpoints(checkpoints, dataset)
@@ -116,8 +127,39 @@ class Zoo:
                 self._predictors[name] = pred
         return pred
 
-    def predict(self, name: str, image) -> Prediction:
-        return self.predictor(name).predict(image)
+    def predict(self, name: str, image, timeout: float | None = -1.0) -> Prediction:
+        """Segment ``image`` with ``name``, giving up after ``timeout`` seconds (default: the zoo's).
+
+        A model that hangs cannot be stopped from Python: its call goes on in a daemon
+        thread, and further requests to that model are refused until it returns, so one
+        stuck model never piles up threads or blocks the others.
+
+        Raises:
+            ModelTimeout: the model did not answer in time, or is still busy with such a call.
+        """
+        timeout = self.timeout if timeout == -1.0 else timeout
+        if not timeout:
+            return self.predictor(name).predict(image)
+        stuck = self._running.get(name)
+        if stuck is not None and stuck.is_alive():
+            raise ModelTimeout(f"{name} is still busy with an earlier request that took longer than {timeout:g} s; try again later")
+        box: dict = {}
+
+        def work() -> None:
+            try:
+                box["result"] = self.predictor(name).predict(image)
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, name=f"predict-{name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            self._running[name] = thread
+            raise ModelTimeout(f"{name} did not answer within {timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     def num_parameters(self, name: str) -> int:
         return int(sum(p.numel() for p in self.predictor(name).model.parameters()))
