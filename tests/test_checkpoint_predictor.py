@@ -192,3 +192,48 @@ def test_precision_and_device_options():
     # bf16 autocast gives the same labels as fp32 on the threshold model
     pred = workbench.Predictor(make_threshold_model(), device="cpu", precision="bf16").predict(make_image(64, 40))
     np.testing.assert_array_equal(pred.labels, _halves_labels(40, 64))
+
+
+def test_save_interrupted_between_its_renames_rolls_forward(tmp_path, tiny_model):
+    """A kill after the new weights are in place but before the new manifest: load uses the pending manifest."""
+    import os
+
+    import workbench
+    from workbench.checkpoint import _pending_manifest
+
+    torch.manual_seed(0)
+    model = tiny_model("fcn8s")
+    path = workbench.save_checkpoint(tmp_path / "ck", model, {"metrics": {"val": {"miou": 0.1}}})
+    old_manifest = path.read_text()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    workbench.save_checkpoint(tmp_path / "ck", model, {"metrics": {"val": {"miou": 0.2}}})
+    # simulate the crash window: new weights, old manifest, new manifest still pending
+    os.replace(path, _pending_manifest(path))
+    path.write_text(old_manifest)
+    loaded, manifest = workbench.load_checkpoint(path)
+    assert manifest["metrics"]["val"]["miou"] == 0.2
+    assert not _pending_manifest(path).exists() and "0.2" in path.read_text()  # the interrupted save was completed
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_a_pending_manifest_for_other_weights_is_never_trusted(tmp_path, tiny_model):
+    import json
+
+    import workbench
+    from workbench.checkpoint import _pending_manifest
+
+    path = workbench.save_checkpoint(tmp_path / "ck", tiny_model("fcn8s"))
+    fake = json.loads(path.read_text())
+    fake["weights"]["sha256"] = "0" * 64
+    _pending_manifest(path).write_text(json.dumps(fake))
+    weights = tmp_path / "ck.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(workbench.CheckpointError, match="does not match"):
+        workbench.load_checkpoint(path)

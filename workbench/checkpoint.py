@@ -72,19 +72,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` via a temporary file in the same folder, fsync and rename."""
+def _stage_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file to a temporary name beside ``path`` (fsynced); the caller renames it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except Exception as exc:  # safetensors reports I/O failures (disk full, quota) as its own error type
+            if isinstance(exc, OSError):
+                raise
+            raise OSError(f"could not write {path}: {exc}") from exc
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` via a temporary file in the same folder, fsync and rename."""
+    os.replace(_stage_tensors(path, tensors, metadata), path)
+
+
+def _pending_manifest(manifest_path: Path) -> Path:
+    """Where a manifest waits while its weights are being put in place (see :func:`save_checkpoint`)."""
+    return manifest_path.with_name(f".{manifest_path.name}.pending")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[str, Any] | None = None, *, dtype: torch.dtype | None = None) -> Path:
@@ -119,7 +134,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         tensors[k] = t
-    atomic_save_tensors(weights_path, tensors, {"format": "pt", "architecture": str(arch)})
+    staged = _stage_tensors(weights_path, tensors, {"format": "pt", "architecture": str(arch)})
 
     num_classes = int(kwargs.get("num_classes", 0))
     in_chans = int(kwargs.get("in_chans", 3))
@@ -138,15 +153,25 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
 
     out["weights"] = {
         "file": weights_path.name,
-        "sha256": sha256_file(weights_path),
-        "bytes": weights_path.stat().st_size,
+        "sha256": sha256_file(staged),
+        "bytes": staged.stat().st_size,
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else "as_trained",
     }
     out.setdefault("created_utc", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     out["software"] = {"workbench": __version__, "torch": torch.__version__}
-    if len(out["classes"]) != num_classes:
-        raise CheckpointError(f"manifest lists {len(out['classes'])} classes but the model has num_classes={num_classes}")
-    atomic_write_bytes(manifest_path, (json.dumps(out, indent=2) + "\n").encode())
+    try:
+        if len(out["classes"]) != num_classes:
+            raise CheckpointError(f"manifest lists {len(out['classes'])} classes but the model has num_classes={num_classes}")
+        # Crash-consistent pair: the new manifest is complete on disk (as ".NAME.json.pending") before the
+        # new weights replace the old ones; then it replaces the old manifest. A kill between the two
+        # renames leaves new weights + pending manifest, which load_checkpoint rolls forward by hash.
+        pending = _pending_manifest(manifest_path)
+        atomic_write_bytes(pending, (json.dumps(out, indent=2) + "\n").encode())
+        os.replace(staged, weights_path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(pending, manifest_path)
     return manifest_path
 
 
@@ -189,6 +214,25 @@ def _check_safetensors(path: Path) -> None:
         raise CheckpointError(f"{path.name} is not a valid safetensors file (bad header); it may be truncated or of another format")
 
 
+def _roll_forward(manifest_path: Path, digest: str) -> dict[str, Any] | None:
+    """After a save interrupted between its two renames: the pending manifest of exactly these weights."""
+    pending = _pending_manifest(manifest_path)
+    try:
+        candidate = json.loads(pending.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(candidate, dict) or not isinstance(candidate.get("weights"), dict) or candidate["weights"].get("sha256") != digest:
+        return None
+    if not isinstance(candidate.get("architecture"), str) or not isinstance(candidate.get("kwargs"), dict):
+        return None
+    try:
+        os.replace(pending, manifest_path)  # finish the interrupted save
+    except OSError:
+        pass  # read-only folder: use it without repairing
+    candidate["_path"] = str(manifest_path)
+    return candidate
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint saved by :func:`save_checkpoint`.
 
@@ -213,6 +257,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise CheckpointError(f"weights file {weights_path.name} named by {manifest_path.name} does not exist")
     _check_safetensors(weights_path)
     digest = sha256_file(weights_path)
+    if digest != manifest["weights"]["sha256"]:
+        manifest = _roll_forward(manifest_path, digest) or manifest
     if digest != manifest["weights"]["sha256"]:
         raise CheckpointError(
             f"{weights_path.name}: sha256 {digest[:12]}... does not match the manifest ({manifest['weights']['sha256'][:12]}...); "

@@ -279,9 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions, ...: say what failed, no traceback
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} ({type(exc).__name__}); nothing already written was replaced", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

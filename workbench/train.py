@@ -266,6 +266,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_miou, self.best_epoch = -1.0, -1
         self.wall_time = 0.0
+        self.epoch_stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0}  # of the current epoch, kept across resumes
         if cfg.resume and (self.out / "resume.safetensors").exists():
             self._load_resume()
 
@@ -380,6 +381,7 @@ class Trainer:
             "best_miou": self.best_miou,
             "best_epoch": self.best_epoch,
             "wall_time": self.wall_time,
+            "epoch_stats": self.epoch_stats,
             "config": dataclasses.asdict(self.cfg),
         }
 
@@ -398,6 +400,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.best_miou, self.best_epoch = state["best_miou"], state["best_epoch"]
         self.wall_time = state["wall_time"]
+        self.epoch_stats = state.get("epoch_stats", self.epoch_stats)
         if self.rt.is_main:
             self._truncate_metrics(self.epoch)
             print(f"resumed {self.out} at epoch {self.epoch}, step {self.step_in_epoch}/{self.steps_per_epoch} (global step {self.global_step})", flush=True)
@@ -488,17 +491,23 @@ class Trainer:
         while self.epoch < cfg.epochs and not done:
             epoch = self.epoch
             self.sampler.set_epoch(epoch, skip=self.step_in_epoch * cfg.batch_size)
-            t_epoch, losses, images = time.perf_counter(), [], 0
+            if self.step_in_epoch == 0:  # a resumed epoch keeps the totals of its first part
+                self.epoch_stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0}
+            stats = self.epoch_stats
+            t_epoch, images = time.perf_counter(), 0
             bar = tqdm(self.loader, total=len(self.loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not rt.is_main, dynamic_ncols=True, mininterval=2.0)
             t_last = time.perf_counter()
             for batch in bar:
                 loss = self.train_step(batch)
-                losses.append(loss)
                 images += batch["image"].shape[0] * rt.world
                 self.step_in_epoch += 1
                 self.global_step += 1
                 now = time.perf_counter()
                 self.wall_time += now - t_last
+                stats["loss_sum"] += loss
+                stats["steps"] += 1
+                stats["images"] += batch["image"].shape[0] * rt.world
+                stats["seconds"] += now - t_last
                 t_last = now
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images / max(now - t_epoch, 1e-9):.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if self.global_step >= self.total_steps:
@@ -507,11 +516,17 @@ class Trainer:
                 if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
                     self.save_resume()
             bar.close()
-            epoch_time = time.perf_counter() - t_epoch
             finished_epoch = self.step_in_epoch >= self.steps_per_epoch
             if finished_epoch:
                 self.epoch, self.step_in_epoch = epoch + 1, 0
-            record = {"epoch": epoch + 1, "step": self.global_step, "train_loss": float(np.mean(losses)) if losses else None, "lr": self.scheduler.get_last_lr()[0], "images_per_s": images / max(epoch_time, 1e-9), "epoch_time_s": epoch_time}
+            record = {
+                "epoch": epoch + 1,
+                "step": self.global_step,
+                "train_loss": stats["loss_sum"] / stats["steps"] if stats["steps"] else None,
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_s": stats["images"] / max(stats["seconds"], 1e-9),
+                "epoch_time_s": stats["seconds"],
+            }
             last_epoch = self.epoch >= cfg.epochs or done
             if (self.epoch % cfg.val_every == 0 and finished_epoch) or last_epoch:
                 t_val = time.perf_counter()
@@ -522,7 +537,8 @@ class Trainer:
                     self.best_miou, self.best_epoch = val["miou"], epoch + 1
                     self._save_checkpoint("best", val)
                 if rt.is_main:
-                    print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val mIoU {100 * val['miou']:.2f} (best {100 * self.best_miou:.2f} at epoch {self.best_epoch})", flush=True)
+                    loss_text = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+                    print(f"epoch {epoch + 1}: train loss {loss_text}, val mIoU {100 * val['miou']:.2f} (best {100 * self.best_miou:.2f} at epoch {self.best_epoch})", flush=True)
             self._save_checkpoint("last", None)
             self._log(record)
             self.save_resume()
