@@ -15,6 +15,7 @@ from workbench.paths import checkpoints_dir, resolve_data_root
 CKPT = checkpoints_dir()
 MANIFESTS = sorted(p for p in CKPT.glob("*.json"))
 EVALUATED = [p for p in MANIFESTS if (read_manifest(p).get("metrics") or {}).get("test")]
+ZOO_EVALUATED = [p for p in EVALUATED if not read_manifest(p).get("upsampling_lab")]  # lab variants: a relative comparison, own eval folder
 needs_checkpoints = pytest.mark.skipif(not MANIFESTS, reason="no checkpoints shipped yet")
 
 
@@ -46,7 +47,7 @@ def test_manifest_is_complete(path):
 @pytest.mark.parametrize("path", EVALUATED, ids=[p.stem for p in EVALUATED])
 def test_manifest_agrees_with_committed_eval_and_leaderboard(path):
     man = read_manifest(path)
-    sub = "isbi/" if man["dataset"]["name"] == "isbi" else ""
+    sub = "isbi/" if man["dataset"]["name"] == "isbi" else "upsampling/" if man.get("upsampling_lab") else ""
     result = json.loads((CKPT / "eval" / f"{sub}{path.stem}.test.json").read_text())
     assert result["metrics"]["miou"] == pytest.approx(man["metrics"]["test"]["miou"], abs=1e-12)
     assert result["n_images"] == man["metrics"]["test"]["n_images"]
@@ -57,7 +58,7 @@ def test_manifest_agrees_with_committed_eval_and_leaderboard(path):
 
 @needs_checkpoints
 def test_camvid_quality_bar():
-    rows = leaderboard_rows({p.stem: read_manifest(p) for p in EVALUATED if read_manifest(p)["dataset"]["name"] == "camvid"})
+    rows = leaderboard_rows({p.stem: read_manifest(p) for p in ZOO_EVALUATED if read_manifest(p)["dataset"]["name"] == "camvid"})
     if not rows:
         pytest.skip("no evaluated CamVid checkpoints yet")
     assert all(r["miou"] >= 0.50 for r in rows), [(r["name"], r["miou"]) for r in rows]
@@ -71,7 +72,7 @@ def test_reevaluating_a_checkpoint_reproduces_its_stored_per_image_results():
     """CI re-runs the cheapest shipped CamVid checkpoint on 3 test images and compares with the committed results."""
     if not (resolve_data_root() / "camvid" / "test").is_dir():
         pytest.skip(f"CamVid not found under {resolve_data_root()}: set WORKBENCH_DATA_ROOT")
-    camvid = [p for p in EVALUATED if read_manifest(p)["dataset"]["name"] == "camvid"]
+    camvid = [p for p in ZOO_EVALUATED if read_manifest(p)["dataset"]["name"] == "camvid"]
     if not camvid:
         pytest.skip("no evaluated CamVid checkpoints yet")
     cheapest = min(camvid, key=lambda p: read_manifest(p)["cost"]["gflops"])

@@ -56,6 +56,10 @@ def _cmd_export(args) -> int:
     from .checkpoint import export_checkpoint
 
     extra = {"default": True} if args.default else {}
+    extra.update(dict(args.set or []))
+    fixed = sorted(set(extra) & {"architecture", "kwargs", "weights", "format", "format_version", "software", "created_utc"})
+    if fixed:
+        raise ValueError(f"--set cannot change {', '.join(fixed)}: they describe the weights themselves")
     dtype = {"float16": torch.float16, "float32": None, "bfloat16": torch.bfloat16}[args.dtype]
     path = export_checkpoint(args.src, args.dst, dtype=dtype, extra=extra)
     print(f"wrote {path} and {path.with_suffix('.safetensors').name}")
@@ -76,6 +80,18 @@ def _cmd_app(args) -> int:
     sys.argv = [str(app_path())] + (["--port", str(args.port)] if args.port else [])
     runpy.run_path(str(app_path()), run_name="__main__")
     return 0
+
+
+def _manifest_field(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def _dataset_option(text: str):
@@ -255,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst", help="destination path without suffix, e.g. checkpoints/camvid_unet")
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     s.add_argument("--default", action="store_true", help='mark as the default checkpoint of its architecture ("default": true)')
+    s.add_argument("--set", action="append", type=_manifest_field, metavar="KEY=JSON", help="add or replace a top-level manifest field, e.g. upsampling_lab=true (repeatable; the value is JSON, else a string)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("loadtest", help="concurrent clients against the served app: correctness, errors, latency, memory")

@@ -2,7 +2,8 @@
 
 For every registered architecture the zoo picks the shipped checkpoint for the
 chosen dataset (``checkpoints/*.json`` whose manifest names the architecture
-and dataset; a manifest with ``"default": true`` wins), or else builds the
+and dataset; a manifest with ``"default": true`` wins; the upsampling lab's
+variants, ``"upsampling_lab": true``, are never picked), or else builds the
 architecture with untrained weights and says so. Models are loaded lazily on
 first use and cached; a broken checkpoint is reported for its architecture
 only and never stops the others.
@@ -68,6 +69,8 @@ def discover_checkpoints(folder: Path | None = None, dataset: str | None = "camv
             errors[path.name] = str(exc)
             continue
         if dataset is not None and _dataset_name(manifest) not in (dataset, None):
+            continue
+        if manifest.get("upsampling_lab"):  # the upsampling-lab U-Net variants live in their own tab
             continue
         arch = manifest["architecture"]
         is_default = bool(manifest.get("default"))
