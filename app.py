@@ -31,7 +31,8 @@ from workbench.zoo import Zoo
 ARCHITECTURES = workbench.list_architectures()
 PLUGIN_ERRORS = workbench.plugin_errors()
 DEFAULT_SELECTION = [a for a in ("fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated") if a in ARCHITECTURES]
-MAX_UPLOAD = os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")
+MAX_UPLOAD = os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")  # Gradio refuses larger uploads before they reach a handler
+QUEUE_SIZE = int(os.environ.get("WORKBENCH_QUEUE_SIZE", "64"))  # waiting events beyond this get "Queue is full" at once
 _ZOO: Zoo | None = None
 _ZOO_LOCK = threading.Lock()
 
@@ -474,11 +475,17 @@ def lab_trained(image_path: str | None) -> tuple[list, list, str]:
     return gallery, table, text
 
 
-def plugin_status_markdown() -> str:
-    if not PLUGIN_ERRORS:
-        return ""
-    items = "\n".join(f"- `{Path(k).name}`: {html.escape(v)}" for k, v in PLUGIN_ERRORS.items())
-    return f"**{len(PLUGIN_ERRORS)} plugin(s) failed to load** (the others work):\n{items}"
+def status_markdown() -> str:
+    """Plugins that failed to import and checkpoints that were refused: the rest of the app works without them."""
+    parts = []
+    if PLUGIN_ERRORS:
+        items = "\n".join(f"- `{Path(k).name}`: {html.escape(v)}" for k, v in PLUGIN_ERRORS.items())
+        parts.append(f"**{len(PLUGIN_ERRORS)} plugin(s) failed to load** (the others work):\n{items}")
+    refused = zoo().checkpoint_errors
+    if refused:
+        items = "\n".join(f"- `{name}`: {html.escape(err)}" for name, err in refused.items())
+        parts.append(f"**{len(refused)} checkpoint(s) refused** (those architectures run untrained or not at all):\n{items}")
+    return "\n\n".join(parts)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -491,12 +498,12 @@ CSS = """
 .wb-stats {font-size: 0.9em; color: #555}
 """
 
-with gr.Blocks(title="Segmentation Workbench") as demo:
+with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as demo:  # uploads and results older than an hour are deleted
     gr.Markdown(
         "# Segmentation Workbench\nSee how semantic-segmentation architectures differ: run them side by side on your image. "
         "Models marked *untrained* have random weights until their trained checkpoint ships."
     )
-    gr.Markdown(plugin_status_markdown())
+    status_md = gr.Markdown()
     with gr.Tab("Compare"):
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -623,23 +630,30 @@ with gr.Blocks(title="Segmentation Workbench") as demo:
         isbi_text = gr.Markdown()
 
     # ------------------------------------------------------------------------- events
-    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], [*card_outputs, dis_image, dis_text, gt_image, cmp_state], api_name="compare")
-    cmp_opacity.release(restyle, [cmp_state, cmp_opacity], card_outputs, api_name=False)
-    task_button.click(task_representation, [task_image, task_arch, task_opacity], [task_gallery, task_mask, task_over, task_legend, task_note], api_name="task_representation")
-    arch_button.click(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name="describe_architecture")
-    demo.load(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name=False)
+    # Events that run networks share one slot ("models"): on a 2-core CPU, two at once only slow each other
+    # down. Light events (tables, figures, restyling) get a few slots of their own so a page load is
+    # never stuck behind a queue of segmentations. Beyond QUEUE_SIZE waiting events Gradio answers
+    # "Queue is full" at once instead of letting requests pile up.
+    heavy = dict(concurrency_limit=1, concurrency_id="models")
+    light = dict(concurrency_limit=4, concurrency_id="light")
+    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], [*card_outputs, dis_image, dis_text, gt_image, cmp_state], api_name="compare", **heavy)
+    cmp_opacity.release(restyle, [cmp_state, cmp_opacity], card_outputs, api_name=False, **light)
+    task_button.click(task_representation, [task_image, task_arch, task_opacity], [task_gallery, task_mask, task_over, task_legend, task_note], api_name="task_representation", **heavy)
+    arch_button.click(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name="describe_architecture", **heavy)
+    demo.load(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name=False, **heavy)
+    demo.load(status_markdown, None, status_md, api_name=False, **light)
     lb_outputs = [lb_table, lb_bars, lb_scatter, lb_text]
-    lb_button.click(leaderboard_view, None, lb_outputs, api_name="leaderboard")
-    demo.load(leaderboard_view, None, lb_outputs, api_name=False)
-    w_button.click(class_weights_view, None, [w_plot, w_table, w_text], api_name="class_weights")
-    isbi_button.click(isbi_view, isbi_slice, [isbi_img, isbi_gt, isbi_w, isbi_plain, isbi_plain_err, isbi_border, isbi_border_err, isbi_text], api_name="isbi")
-    up_button.click(lab_operators, [up_image, up_factor], [up_gallery, up_table, up_note], api_name="upsampling_operators")
-    ov_button.click(lab_overlap, [ov_kernel, ov_stride], [ov_plot, ov_text], api_name="upsampling_overlap")
-    demo.load(lab_overlap, [ov_kernel, ov_stride], [ov_plot, ov_text], api_name=False)
-    ci_button.click(lab_constant_input, ci_seed, [ci_gallery, ci_table, ci_text], api_name="upsampling_constant_input")
-    tr_button.click(lab_trained, up_image, [tr_gallery, tr_table, tr_text], api_name="upsampling_trained")
+    lb_button.click(leaderboard_view, None, lb_outputs, api_name="leaderboard", **light)
+    demo.load(leaderboard_view, None, lb_outputs, api_name=False, **light)
+    w_button.click(class_weights_view, None, [w_plot, w_table, w_text], api_name="class_weights", **light)
+    isbi_button.click(isbi_view, isbi_slice, [isbi_img, isbi_gt, isbi_w, isbi_plain, isbi_plain_err, isbi_border, isbi_border_err, isbi_text], api_name="isbi", **heavy)
+    up_button.click(lab_operators, [up_image, up_factor], [up_gallery, up_table, up_note], api_name="upsampling_operators", **heavy)
+    ov_button.click(lab_overlap, [ov_kernel, ov_stride], [ov_plot, ov_text], api_name="upsampling_overlap", **light)
+    demo.load(lab_overlap, [ov_kernel, ov_stride], [ov_plot, ov_text], api_name=False, **light)
+    ci_button.click(lab_constant_input, ci_seed, [ci_gallery, ci_table, ci_text], api_name="upsampling_constant_input", **heavy)
+    tr_button.click(lab_trained, up_image, [tr_gallery, tr_table, tr_text], api_name="upsampling_trained", **heavy)
 
-demo.queue(max_size=32, default_concurrency_limit=1)
+demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,6 +97,10 @@ class Zoo:
         self.num_classes = num_classes
         self.device, self.precision, self.max_side = device, precision, max_side
         found, self.checkpoint_errors = discover_checkpoints(checkpoints, dataset)
+        registered = set(list_architectures())
+        for arch, path in found.items():
+            if arch not in registered:
+                self.checkpoint_errors[path.name] = f"names architecture {arch!r}, which is not registered (a missing or broken plugin?)"
         self.entries: dict[str, ZooEntry] = {}
         for name in list_architectures():
             info = get_architecture(name)
