@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -74,9 +75,17 @@ def test_compare_in_the_browser(server, browser, street):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_compare.png"), full_page=True)
 
-    page.get_by_role("tab", name="Architectures").click()
-    page.get_by_text("feature maps stage by stage", exact=False).first.wait_for(timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "browser_architectures.png"), full_page=True)
+    # every tab opens and shows its content
+    for tab, text in [
+        ("Task representation", "one probability map per class"),
+        ("Architectures", "feature maps stage by stage"),
+        ("Upsampling", "every way to grow a feature map"),
+        ("Leaderboard", "numbers on the same split|published reference numbers"),
+        ("Loss weighting", "border weighting"),
+    ]:
+        page.get_by_role("tab", name=tab).click()
+        page.get_by_text(re.compile(text, re.I)).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / f"browser_{tab.lower().replace(' ', '_')}.png"), full_page=True)
     page.close()
 
 
