@@ -33,6 +33,23 @@ PLUGIN_ERRORS = workbench.plugin_errors()
 DEFAULT_SELECTION = [a for a in ("fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated") if a in ARCHITECTURES]
 MAX_UPLOAD = os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")  # Gradio refuses larger uploads before they reach a handler
 QUEUE_SIZE = int(os.environ.get("WORKBENCH_QUEUE_SIZE", "64"))  # waiting events beyond this get "Queue is full" at once
+DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large
+STATE_TTL_S = 900  # a session's cached label maps live this long
+MAX_SESSIONS = 128  # sessions whose state is kept; the oldest are dropped beyond this
+
+
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each handler thread its own malloc arena; capping them keeps the resident memory of a
+    many-threaded server from growing with fragmentation (measured with `workbench loadtest`)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
+_limit_malloc_arenas()
 _ZOO: Zoo | None = None
 _ZOO_LOCK = threading.Lock()
 
@@ -184,6 +201,13 @@ def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray |
 def compare(image_path: str | None, archs: list[str], opacity: float):
     """The Compare tab: segment with every selected architecture and lay out one card each."""
     image, results, gt = segment_all(image_path, archs)
+    # What the browser shows (and the session keeps for restyling) is at most DISPLAY_MAX_SIDE pixels a side:
+    # a 24-megapixel upload must not keep ~100 MB per session alive. Scores were computed at full size.
+    image = viz.fit_for_display(image, DISPLAY_MAX_SIDE)
+    for res in results.values():
+        if "labels" in res:
+            res["labels"] = viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)
+    gt = viz.fit_for_display(gt, DISPLAY_MAX_SIDE, labels=True) if gt is not None else None
     dis_img, dis_text = disagreement_outputs(image, results)
     gt_img = viz.colorize(gt, zoo().predictor(archs[0]).classes) if gt is not None else None
     state = {"image": image, "results": results, "gt": gt}
@@ -519,7 +543,7 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                     dis_image = gr.Image(label="Disagreement map", format="png", interactive=False, height=300)
                     gt_image = gr.Image(label="Ground truth", format="png", interactive=False, height=300, visible=False)
                 dis_text = gr.Markdown()
-        cmp_state = gr.State()
+        cmp_state = gr.State(time_to_live=STATE_TTL_S)  # label maps for restyling, dropped after STATE_TTL_S
         card_outputs = []
         with gr.Row(equal_height=False):
             for name in ARCHITECTURES:
@@ -661,7 +685,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, css=CSS)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, css=CSS, state_session_capacity=MAX_SESSIONS)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ __all__ = [
     "heatmap",
     "class_probability_maps",
     "one_hot",
+    "fit_for_display",
 ]
 
 
@@ -136,3 +137,18 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(H, W) labels -> (C, H, W) uint8 one-hot channels (the training target representation)."""
     labels = np.asarray(labels)
     return (labels[None] == np.arange(num_classes)[:, None, None]).astype(np.uint8)
+
+
+def fit_for_display(arr: np.ndarray, max_side: int, labels: bool = False) -> np.ndarray:
+    """Shrink an image (bilinear) or a label map (nearest) so its longer side is at most ``max_side``."""
+    from PIL import Image
+
+    a = np.asarray(arr)
+    h, w = a.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return a
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if labels:
+        return np.asarray(Image.fromarray(a.astype(np.int32)).resize(size, Image.NEAREST)).astype(a.dtype)
+    return np.asarray(Image.fromarray(a).resize(size, Image.BILINEAR))
