@@ -18,7 +18,7 @@ import numpy as np
 import workbench
 from workbench import lab, viz
 from workbench import leaderboard as lb
-from workbench.analysis import count_flops, count_parameters, stage_shapes
+from workbench.analysis import count_flops, stage_shapes
 from workbench.checkpoint import CheckpointError, read_manifest
 from workbench.classes import IGNORE_INDEX, ISBI_CLASSES
 from workbench.data import find_ground_truth
@@ -255,7 +255,7 @@ def describe_architecture(arch: str, height: float, width: float):
         model = zoo().predictor(arch).model
         in_chans = zoo().predictor(arch).in_chans
         rows = [[s.name, s.channels, f"{s.height} x {s.width}", f"1/{s.reduction:g}"] for s in stage_shapes(model, (h, w), in_chans)]
-        _ANATOMY_CACHE[key] = (rows, count_parameters(model), count_flops(model, (h, w), in_chans))
+        _ANATOMY_CACHE[key] = (rows, zoo().predictor(arch).num_parameters, count_flops(model, (h, w), in_chans))
     rows, params, flops = _ANATOMY_CACHE[key]
     text = (
         f"### {html.escape(info.title or arch)}\n*{html.escape(info.paper)}*\n\n{info.explanation}\n\n"

@@ -123,6 +123,8 @@ class Predictor:
         max_side: images whose longer side exceeds this are resized down for the network;
             the labels come back at the original size.
         classes, normalization: override what the checkpoint manifest says.
+        optimize: fold BatchNorms into convolutions (checked against the unfolded model; see
+            :mod:`workbench.optimize`). The model you pass is not modified.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class Predictor:
         max_side: int = DEFAULT_MAX_SIDE,
         classes: list[dict] | None = None,
         normalization: dict | None = None,
+        optimize: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         if isinstance(model_or_checkpoint, nn.Module):
@@ -156,6 +159,13 @@ class Predictor:
         self.std = torch.tensor(norm["std"], dtype=torch.float32).view(-1, 1, 1)
         self.precision = resolve_precision(precision, self.device)
         self.max_side = int(max_side)
+        self.num_parameters = int(sum(p.numel() for p in model.parameters()))  # of the model as built, before folding
+        if optimize:
+            from .optimize import optimize_for_inference
+
+            model, self.optimizations = optimize_for_inference(model, torch.randn(1, self.in_chans, 64, 64))
+        else:
+            self.optimizations = {}
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
 
     @property

@@ -169,4 +169,4 @@ class Zoo:
         return box["result"]
 
     def num_parameters(self, name: str) -> int:
-        return int(sum(p.numel() for p in self.predictor(name).model.parameters()))
+        return self.predictor(name).num_parameters
