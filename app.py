@@ -7,13 +7,16 @@ the events. ``demo`` is importable; ``python app.py`` serves it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import os
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
 
 import workbench
 from workbench import lab, viz
@@ -23,7 +26,7 @@ from workbench.checkpoint import CheckpointError, read_manifest
 from workbench.classes import IGNORE_INDEX, ISBI_CLASSES
 from workbench.data import find_ground_truth
 from workbench.imageio import ImageError, load_image
-from workbench.metrics import ConfusionMatrix, foreground_iou, pixel_error, rand_error
+from workbench.metrics import foreground_iou, pixel_error, rand_error, segmentation_metrics
 from workbench.paths import bundled_path, checkpoints_dir, resolve_data_root
 from workbench.predictor import Predictor
 from workbench.zoo import Zoo
@@ -133,13 +136,24 @@ def read_upload(image_path: str | None):
         raise gr.Error(str(exc)) from None
 
 
-def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, dict, np.ndarray | None]:
+@contextlib.contextmanager
+def _clock(timings: dict | None, key: str):
+    """Add the block's wall time (ms) to ``timings[key]`` (for ``workbench bench --request``)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t) * 1e3
+
+
+def segment_all(image_path: str | None, archs: list[str], timings: dict | None = None) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Run every selected architecture on one image.
 
     Returns:
         ``(image, results, ground_truth)``: the decoded RGB image,
         ``{arch: {"labels", "latency_ms", "checkerboard"[, "miou", "accuracy"]} or {"error"}}``
-        (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the probability maps), and the
+        (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the logits), and the
         CamVid label map when the image is a CamVid image under the data root (else None).
 
     Raises:
@@ -147,18 +161,28 @@ def segment_all(image_path: str | None, archs: list[str]) -> tuple[np.ndarray, d
     """
     if not archs:
         raise gr.Error("Select at least one architecture.")
-    image = read_upload(image_path)
-    arr = np.asarray(image)
-    gt = find_ground_truth(image_path, arr)
+    with _clock(timings, "decode"):
+        image = read_upload(image_path)
+        arr = np.asarray(image)
+    with _clock(timings, "ground truth lookup"):
+        gt = find_ground_truth(image_path, arr)
     results: dict[str, dict] = {}
     for name in archs:
         try:
             pred = zoo().predict(name, image)
-            res = {"labels": pred.labels, "latency_ms": pred.latency_ms, "checkerboard": lab.checkerboard_score(pred.probs_work, 2)}
+            if timings is not None:
+                for stage, ms in pred.timings.items():
+                    key = "network" if stage == "forward" else f"model {stage}"
+                    timings[key] = timings.get(key, 0.0) + ms
+                timings.setdefault("per_model_forward", {})[name] = pred.timings["forward"]
+            with _clock(timings, "checkerboard score"):
+                res = {"labels": pred.labels, "latency_ms": pred.latency_ms, "checkerboard": lab.checkerboard_score(pred.logits_work, 2)}
             if gt is not None and gt.shape == pred.labels.shape:
-                cm = ConfusionMatrix(len(pred.classes), ignore_index=IGNORE_INDEX)
-                cm.update(pred.labels.astype(np.int64), gt)
-                m = cm.compute()
+                with _clock(timings, "scores vs ground truth"):
+                    c = len(pred.classes)
+                    valid = gt != IGNORE_INDEX
+                    counts = np.bincount(gt[valid].astype(np.int64) * c + pred.labels[valid], minlength=c * c)
+                    m = segmentation_metrics(torch.from_numpy(counts.reshape(c, c)))
                 res.update(miou=m["miou"], accuracy=m["pixel_accuracy"])
             results[name] = res
         except Exception as exc:  # one failing model must not take the comparison down
@@ -183,7 +207,7 @@ def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np
         classes = zoo().predictor(name).classes
         mask = viz.colorize(res["labels"], classes)
         over = viz.overlay(image, mask, opacity)
-        legend = viz.legend_html(classes, present=np.unique(res["labels"]))
+        legend = viz.legend_html(classes, present=viz.present_labels(res["labels"], len(classes)))
         err = viz.error_map(res["labels"], gt, image, ignore_index=IGNORE_INDEX) if gt is not None and "miou" in res else None
         out += [gr.update(visible=True), _card_header(name, res["latency_ms"], scores=res), mask, over, gr.update(value=err, visible=err is not None), legend]
     return out
@@ -198,20 +222,27 @@ def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray |
     return img, f"**{len(maps)} models agree on {100 * agreement:.1f}% of pixels.** Yellow: two different answers; red: every model says something else."
 
 
-def compare(image_path: str | None, archs: list[str], opacity: float):
-    """The Compare tab: segment with every selected architecture and lay out one card each."""
-    image, results, gt = segment_all(image_path, archs)
+def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None):
+    """The Compare tab: segment with every selected architecture and lay out one card each.
+
+    ``timings`` (optional dict) receives the milliseconds spent per stage (``workbench bench --request``).
+    """
+    image, results, gt = segment_all(image_path, archs, timings)
     # What the browser shows (and the session keeps for restyling) is at most DISPLAY_MAX_SIDE pixels a side:
     # a 24-megapixel upload must not keep ~100 MB per session alive. Scores were computed at full size.
-    image = viz.fit_for_display(image, DISPLAY_MAX_SIDE)
-    for res in results.values():
-        if "labels" in res:
-            res["labels"] = viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)
-    gt = viz.fit_for_display(gt, DISPLAY_MAX_SIDE, labels=True) if gt is not None else None
-    dis_img, dis_text = disagreement_outputs(image, results)
-    gt_img = viz.colorize(gt, zoo().predictor(archs[0]).classes) if gt is not None else None
+    with _clock(timings, "fit for display"):
+        image = viz.fit_for_display(image, DISPLAY_MAX_SIDE)
+        for res in results.values():
+            if "labels" in res:
+                res["labels"] = viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)
+        gt = viz.fit_for_display(gt, DISPLAY_MAX_SIDE, labels=True) if gt is not None else None
+    with _clock(timings, "disagreement map"):
+        dis_img, dis_text = disagreement_outputs(image, results)
+    with _clock(timings, "colorize, overlay, error maps, legends"):
+        gt_img = viz.colorize(gt, zoo().predictor(archs[0]).classes) if gt is not None else None
+        cards = render_cards(image, results, opacity, gt)
     state = {"image": image, "results": results, "gt": gt}
-    return [*render_cards(image, results, opacity, gt), dis_img, dis_text, gr.update(value=gt_img, visible=gt_img is not None), state]
+    return [*cards, dis_img, dis_text, gr.update(value=gt_img, visible=gt_img is not None), state]
 
 
 def restyle(state: dict | None, opacity: float):
@@ -540,7 +571,7 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                     gr.Examples(examples, inputs=cmp_image, label="CamVid test images (ground truth and error maps shown)")
             with gr.Column(scale=2, min_width=320):
                 with gr.Row():
-                    dis_image = gr.Image(label="Disagreement map", format="png", interactive=False, height=300)
+                    dis_image = gr.Image(label="Disagreement map", format="jpeg", interactive=False, height=300)
                     gt_image = gr.Image(label="Ground truth", format="png", interactive=False, height=300, visible=False)
                 dis_text = gr.Markdown()
         cmp_state = gr.State(time_to_live=STATE_TTL_S)  # label maps for restyling, dropped after STATE_TTL_S
@@ -550,8 +581,8 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                 with gr.Column(visible=False, min_width=300, elem_classes=["wb-card"]) as card:
                     header = gr.HTML()
                     mask = gr.Image(label="Mask", format="png", interactive=False, height=220)
-                    over = gr.Image(label="Overlay", format="png", interactive=False, height=220)
-                    err = gr.Image(label="Errors (red: wrong, dark blue: void)", format="png", interactive=False, height=220, visible=False)
+                    over = gr.Image(label="Overlay", format="jpeg", interactive=False, height=220)  # photo-like: JPEG is 100x faster to encode than PNG
+                    err = gr.Image(label="Errors (red: wrong, dark blue: void)", format="jpeg", interactive=False, height=220, visible=False)
                     legend = gr.HTML()
                 card_outputs += [card, header, mask, over, err, legend]
 
@@ -660,7 +691,8 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
     # "Queue is full" at once instead of letting requests pile up.
     heavy = dict(concurrency_limit=1, concurrency_id="models")
     light = dict(concurrency_limit=4, concurrency_id="light")
-    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], [*card_outputs, dis_image, dis_text, gt_image, cmp_state], api_name="compare", **heavy)
+    COMPARE_OUTPUTS = [*card_outputs, dis_image, dis_text, gt_image, cmp_state]
+    cmp_button.click(compare, [cmp_image, cmp_archs, cmp_opacity], COMPARE_OUTPUTS, api_name="compare", **heavy)
     cmp_opacity.release(restyle, [cmp_state, cmp_opacity], card_outputs, api_name=False, **light)
     task_button.click(task_representation, [task_image, task_arch, task_opacity], [task_gallery, task_mask, task_over, task_legend, task_note], api_name="task_representation", **heavy)
     arch_button.click(describe_architecture, [arch_name, arch_h, arch_w], [arch_text, arch_table], api_name="describe_architecture", **heavy)

@@ -19,7 +19,7 @@ from .analysis import count_flops, count_parameters
 from .predictor import autocast_context, resolve_device, resolve_precision
 from .registry import create_model, list_architectures
 
-__all__ = ["time_model", "run_bench", "time_train_step", "run_train_bench", "machine_description"]
+__all__ = ["time_model", "run_bench", "smp_reference", "matmul_peak_gflops", "time_train_step", "run_train_bench", "machine_description"]
 
 
 def machine_description() -> dict:
@@ -41,10 +41,11 @@ def machine_description() -> dict:
 
 
 @torch.inference_mode()
-def time_model(model, x: torch.Tensor, device: torch.device, precision: str, warmup: int = 2, repeats: int = 10) -> list[float]:
+def time_model(model, x: torch.Tensor, device: torch.device, precision: str, warmup: int = 2, repeats: int = 10, channels_last: bool = True) -> list[float]:
     """Wall-clock milliseconds of ``repeats`` forward passes after ``warmup``."""
-    model = model.eval().to(device).to(memory_format=torch.channels_last)
-    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.eval().to(device).to(memory_format=fmt)
+    x = x.to(device).contiguous(memory_format=fmt)
     times = []
     for i in range(warmup + repeats):
         if device.type == "cuda":
@@ -59,21 +60,123 @@ def time_model(model, x: torch.Tensor, device: torch.device, precision: str, war
     return times
 
 
-def run_bench(names: list[str] | None = None, *, size=(360, 480), num_classes: int = 11, precision: str = "auto", device: str = "auto", repeats: int = 10, warmup: int = 2, flops: bool = True) -> dict:
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's practical ceiling: best GFLOP/s of an n x n matrix multiply in ``dtype``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _peak_memory_mb(name: str, size, batch: int, precision: str, device: str) -> float | None:
+    """Peak memory of one batch, in a fresh process (CPU: growth of max RSS; CUDA: max allocated)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys, torch, workbench\n"
+        "from workbench.predictor import autocast_context, resolve_device\n"
+        "from workbench.optimize import optimize_for_inference\n"
+        f"dev = resolve_device({device!r}); torch.manual_seed(0)\n"
+        f"m = workbench.create_model({name!r}, num_classes=11)\n"
+        "m, _ = optimize_for_inference(m, torch.randn(1, 3, 64, 64)); m = m.to(dev)\n"
+        f"x = torch.randn({batch}, 3, {size[0]}, {size[1]}, device=dev).contiguous(memory_format=torch.channels_last)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()\n"
+        f"with torch.inference_mode(), autocast_context(dev, {precision!r}): m(x)\n"
+        "if dev.type == 'cuda': print(torch.cuda.max_memory_allocated() / 2**20)\n"
+        "else: print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+    )
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        return float(res.stdout.strip().splitlines()[-1])
+    except Exception:
+        return None
+
+
+def _stats(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {"p50": statistics.median(times), "p90": q[8]}
+
+
+def run_bench(names: list[str] | None = None, *, size=(360, 480), num_classes: int = 11, precision: str = "auto", device: str = "auto", repeats: int = 10, warmup: int = 2, flops: bool = True, memory: bool = True, batch: int = 8, reference: bool = True) -> dict:
+    """Every architecture on the app's fast path (folded BN, channels_last, ``precision``) and in plain fp32 eager.
+
+    Rows: parameters, FLOPs, latency p50/p90 at batch 1, throughput at batch ``batch``, peak memory,
+    achieved GFLOP/s against the measured matrix-multiply peak in the same dtype; plus smp's U-Net with
+    the same encoder in plain eager fp32 (the reference a user would otherwise pick).
+    """
+    from .optimize import optimize_for_inference
+
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, dev)}
+    if prec != "fp32":
+        peaks[prec] = matmul_peak_gflops(torch.bfloat16 if prec == "bf16" else torch.float16, dev)
+    x1 = torch.randn(1, 3, *size)
+    xb = torch.randn(batch, 3, *size)
     rows = []
     for name in names or list_architectures():
         torch.manual_seed(0)
-        model = create_model(name, num_classes=num_classes)
+        model = create_model(name, num_classes=num_classes).eval()
         row = {"architecture": name, "params": count_parameters(model)}
         if flops:
             row["gflops"] = count_flops(model, size) / 1e9
-        times = time_model(model, torch.randn(1, 3, *size), dev, prec, warmup=warmup, repeats=repeats)
-        q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-        row.update({"latency_p50_ms": statistics.median(times), "latency_p90_ms": q[8]})
+        eager = _stats(time_model(model, x1, dev, "fp32", warmup=warmup, repeats=max(3, repeats // 2), channels_last=False))
+        fast_model, info = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
+        fast = _stats(time_model(fast_model, x1, dev, prec, warmup=warmup, repeats=repeats))
+        tb = time_model(fast_model, xb, dev, prec, warmup=1, repeats=max(2, repeats // 3))
+        row.update(
+            {
+                "latency_fp32_eager_p50_ms": eager["p50"],
+                "latency_p50_ms": fast["p50"],
+                "latency_p90_ms": fast["p90"],
+                "speedup_vs_fp32_eager": eager["p50"] / fast["p50"],
+                f"throughput_b{batch}_img_s": batch / (statistics.median(tb) / 1e3),
+                "conv_bn_folded": info["conv_bn_folded"],
+            }
+        )
+        if flops:
+            row["achieved_gflop_s"] = row["gflops"] / (fast["p50"] / 1e3)
+            row["share_of_peak"] = row["achieved_gflop_s"] / peaks[prec]
+        if memory:
+            row[f"peak_memory_b{batch}_mb"] = _peak_memory_mb(name, size, batch, prec, str(dev))
         rows.append(row)
-    return {"machine": machine_description(), "device": str(dev), "precision": prec, "input": list(size), "rows": rows}
+    result = {"machine": machine_description(), "device": str(dev), "precision": prec, "input": list(size), "batch": batch, "matmul_peak_gflop_s": peaks, "rows": rows}
+    if reference:
+        result["reference"] = smp_reference(size=size, num_classes=num_classes, device=device, repeats=repeats, rows=rows)
+    return result
+
+
+def smp_reference(*, encoder: str | None = None, size=(360, 480), num_classes: int = 11, device: str = "auto", repeats: int = 10, rows: list[dict] | None = None) -> dict:
+    """``segmentation_models_pytorch.Unet`` with the same timm encoder, plain eager fp32, in this process.
+
+    smp needs sizes divisible by 32: it gets the padded input our models build internally.
+    """
+    import segmentation_models_pytorch as smp
+
+    from .encoders import DEFAULT_ENCODER
+
+    dev = resolve_device(device)
+    encoder = encoder or DEFAULT_ENCODER
+    torch.manual_seed(0)
+    ref = smp.Unet(f"tu-{encoder}", encoder_weights=None, classes=num_classes).eval()
+    padded = tuple(-(-s // 32) * 32 for s in size)
+    times = time_model(ref, torch.randn(1, 3, *padded), dev, "fp32", repeats=repeats, channels_last=False)
+    out = {"model": f"smp.Unet(tu-{encoder})", "precision": "fp32 eager", "input": list(padded), "params": count_parameters(ref), **{f"latency_{k}_ms": v for k, v in _stats(times).items()}}
+    ours = next((r for r in rows or [] if r["architecture"] == "unet"), None)
+    if ours:
+        out["unet_speedup_vs_smp"] = out["latency_p50_ms"] / ours["latency_p50_ms"]
+    return out
 
 
 def time_train_step(name: str, *, batch_size: int = 8, size=(224, 224), num_classes: int = 11, precision: str = "fp32", channels_last: bool = False, device: str = "auto", warmup: int = 2, repeats: int = 5) -> dict:
@@ -121,6 +224,118 @@ def run_train_bench(names: list[str], *, batch_size: int = 8, size=(224, 224), d
             r["speedup_vs_fp32"] = r["images_per_s"] / base["images_per_s"]
             rows.append(r)
     return {"machine": machine_description(), "device": str(dev), "rows": rows}
+
+
+CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")
+
+
+def _load_app():
+    import importlib.util
+    import sys
+
+    from .paths import app_path
+
+    if "app" in sys.modules and hasattr(sys.modules["app"], "compare"):
+        return sys.modules["app"]
+    spec = importlib.util.spec_from_file_location("app", app_path())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _encode_outputs(outputs, components) -> float:
+    """Milliseconds Gradio spends writing the returned images, each in its component's format (PNG, JPEG)."""
+    import tempfile
+
+    import gradio as gr
+    import numpy as np
+    from gradio import processing_utils
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for value, comp in zip(outputs, components):
+            value = value.get("value") if isinstance(value, dict) else value
+            if isinstance(comp, gr.Image) and isinstance(value, np.ndarray):
+                processing_utils.save_img_array_to_cache(value, tmp, format=comp.format)
+    return (time.perf_counter() - t) * 1e3
+
+
+def profile_request(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict:
+    """The whole side-by-side request as the app's handler serves it, broken down by stage (median over ``repeats``)."""
+    app = _load_app()
+    app.compare(image_path, list(archs), 0.5)  # load and warm every model up
+    runs = []
+    for _ in range(repeats):
+        timings: dict = {}
+        t = time.perf_counter()
+        outputs = app.compare(image_path, list(archs), 0.5, timings=timings)
+        timings["handler total"] = (time.perf_counter() - t) * 1e3
+        timings["image encoding (Gradio)"] = _encode_outputs(outputs, app.COMPARE_OUTPUTS)
+        runs.append(timings)
+    stages = [k for k in runs[0] if k != "per_model_forward"]
+    med = {k: statistics.median(r[k] for r in runs) for k in stages}
+    per_model = {n: statistics.median(r["per_model_forward"][n] for r in runs) for n in runs[0]["per_model_forward"]}
+    total = med["handler total"] + med["image encoding (Gradio)"]
+    return {"archs": list(archs), "image": str(image_path), "stages_ms": med, "per_model_forward_ms": per_model, "total_ms": total, "network_ms": med["network"], "overhead_share": 1 - med["network"] / total}
+
+
+def end_to_end_latency(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict:
+    """The app started in a fresh process: time to the first answer, then the /compare latency through gradio_client."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    from .loadtest import _free_port
+    from .paths import app_path
+
+    port = _free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except Exception:
+                if proc.poll() is not None or time.perf_counter() - t0 > 300:
+                    raise RuntimeError("the app did not start")
+                time.sleep(0.1)
+        client = Client(url, verbose=False)
+        client.predict(handle_file(image_path), ["fcn8s"], 0.5, api_name="/compare")
+        first_answer = time.perf_counter() - t0
+        client.predict(handle_file(image_path), list(archs), 0.5, api_name="/compare")  # loads the rest
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            client.predict(handle_file(image_path), list(archs), 0.5, api_name="/compare")
+            times.append((time.perf_counter() - t) * 1e3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"start_to_first_answer_s": first_answer, "request_p50_ms": statistics.median(times), "request_max_ms": max(times), "archs": list(archs)}
+
+
+def request_to_markdown(prof: dict, e2e: dict | None) -> str:
+    lines = [f"Whole Compare request for {len(prof['archs'])} architectures ({', '.join(prof['archs'])}) on {Path(prof['image']).name}, median of repeats:", "", "| stage | ms | share |", "| --- | ---: | ---: |"]
+    total = prof["total_ms"]
+    for k, v in prof["stages_ms"].items():
+        if k == "handler total":
+            continue
+        lines.append(f"| {k} | {v:.1f} | {100 * v / total:.1f}% |")
+    lines.append(f"| **total (handler + encoding)** | **{total:.0f}** | |")
+    lines.append("")
+    lines.append("Network time per model (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["per_model_forward_ms"].items()))
+    lines.append(f"App overhead (everything but the networks): {100 * prof['overhead_share']:.1f}% of the request.")
+    if e2e:
+        lines.append(
+            f"Served app through gradio_client: start to first answered request {e2e['start_to_first_answer_s']:.1f} s; "
+            f"whole request p50 {e2e['request_p50_ms']:.0f} ms (max {e2e['request_max_ms']:.0f} ms)."
+        )
+    return "\n".join(lines)
 
 
 def train_to_markdown(result: dict) -> str:
@@ -174,21 +389,45 @@ def encoders_to_markdown(result: dict) -> str:
 
 def to_markdown(result: dict) -> str:
     m = result["machine"]
+    b = result.get("batch", 8)
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in result.get("matmul_peak_gflop_s", {}).items())
     lines = [
-        f"Input 1x3x{result['input'][0]}x{result['input'][1]}, device {result['device']}, precision {result['precision']}, "
-        f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}",
+        f"Input {result['input'][0]}x{result['input'][1]}, device {result['device']}, fast path = folded BN + channels_last + {result['precision']}; "
+        f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}. Matrix-multiply peak (GFLOP/s): {peaks}.",
         "",
-        "| architecture | params (M) | GFLOPs | latency p50 (ms) | latency p90 (ms) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| architecture | params (M) | GFLOPs | fp32 eager p50 (ms) | fast p50 (ms) | fast p90 (ms) | speed-up | batch {b} (img/s) | peak mem batch {b} (MB) | GFLOP/s | share of peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
-        gf = f"{r['gflops']:.1f}" if "gflops" in r else "-"
-        lines.append(f"| {r['architecture']} | {r['params'] / 1e6:.2f} | {gf} | {r['latency_p50_ms']:.0f} | {r['latency_p90_ms']:.0f} |")
+        mem = r.get(f"peak_memory_b{b}_mb")
+        lines.append(
+            f"| {r['architecture']} | {r['params'] / 1e6:.2f} | {r.get('gflops', float('nan')):.1f} | {r['latency_fp32_eager_p50_ms']:.0f} | {r['latency_p50_ms']:.0f} | "
+            f"{r['latency_p90_ms']:.0f} | {r['speedup_vs_fp32_eager']:.2f}x | {r[f'throughput_b{b}_img_s']:.1f} | {'-' if mem is None else f'{mem:.0f}'} | "
+            f"{r.get('achieved_gflop_s', float('nan')):.0f} | {100 * r.get('share_of_peak', float('nan')):.0f}% |"
+        )
+    ref = result.get("reference")
+    if ref:
+        lines += [
+            "",
+            f"Reference: {ref['model']} ({ref['params'] / 1e6:.2f} M parameters), {ref['precision']}, input {ref['input'][0]}x{ref['input'][1]}: "
+            f"p50 {ref['latency_p50_ms']:.0f} ms, p90 {ref['latency_p90_ms']:.0f} ms."
+            + (f" Our `unet` on the fast path is **{ref['unet_speedup_vs_smp']:.2f}x** faster." if "unet_speedup_vs_smp" in ref else ""),
+        ]
     return "\n".join(lines)
 
 
 def main(args) -> int:
-    if args.encoders:
+    if args.request:
+        from .paths import resolve_data_root
+
+        image = args.image or next(iter(sorted((resolve_data_root() / "camvid" / "test").glob("*.png"))), None)
+        if image is None:
+            raise FileNotFoundError("no --image given and no CamVid test image under the data root")
+        prof = profile_request(str(image), tuple(args.arch or CLASSIC), repeats=args.repeats)
+        e2e = end_to_end_latency(str(image), tuple(args.arch or CLASSIC), repeats=args.repeats)
+        result = {"machine": machine_description(), "profile": prof, "end_to_end": e2e}
+        md = request_to_markdown(prof, e2e)
+    elif args.encoders:
         result = run_encoder_bench(repeats=args.repeats)
         md = encoders_to_markdown(result)
     elif args.train:
@@ -196,7 +435,7 @@ def main(args) -> int:
         result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats)
         md = train_to_markdown(result)
     else:
-        result = run_bench(args.arch or None, size=tuple(args.size), precision=args.precision, device=args.device, repeats=args.repeats, flops=not args.no_flops)
+        result = run_bench(args.arch or None, size=tuple(args.size), precision=args.precision, device=args.device, repeats=args.repeats, flops=not args.no_flops, memory=not args.no_memory)
         md = to_markdown(result)
     print(md)
     if args.out:

@@ -227,10 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--repeats", type=int, default=10)
     s.add_argument("--no-flops", action="store_true")
+    s.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a fresh process per architecture)")
     s.add_argument("--out", help="write <out>.json and <out>.md")
     s.add_argument("--train", action="store_true", help="training throughput instead: fp32 vs channels_last vs bf16 (default size 224x224)")
     s.add_argument("--batch-size", type=int, default=8, help="batch size for --train")
     s.add_argument("--encoders", action="store_true", help="compare candidate timm encoders instead (size, latency)")
+    s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
+    s.add_argument("--image", default=None, help="image for --request (default: the first CamVid test image)")
     s.set_defaults(func=_cmd_bench)
 
     from .train import build_parser as train_flags

@@ -88,7 +88,8 @@ class Prediction:
 
     Attributes:
         labels: (H, W) integer class map at the original image size (display orientation).
-        probs_work: (C, h, w) float32 softmax probabilities at the working size.
+        logits_work: (C, h, w) float32 logits at the working size.
+        probs_work: (C, h, w) float32 softmax probabilities at the working size (computed on first access).
         latency_ms: wall time of the whole predict call.
         timings: milliseconds per stage (``load``, ``preprocess``, ``forward``, ``postprocess``).
         image: the input as decoded (display orientation), at the original size.
@@ -96,11 +97,15 @@ class Prediction:
     """
 
     labels: np.ndarray
-    probs_work: np.ndarray
+    logits_work: np.ndarray
     latency_ms: float
     timings: dict[str, float]
     image: Image.Image
     classes: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def probs_work(self) -> np.ndarray:
+        return torch.from_numpy(self.logits_work).softmax(0).numpy()
 
     @cached_property
     def probs(self) -> np.ndarray:
@@ -178,11 +183,12 @@ class Predictor:
         scale = min(1.0, self.max_side / max(w, h))
         if scale < 1.0:
             image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.uint8)
-        t = torch.from_numpy(arr.copy()).float().div_(255)
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, h, w)
-        t = (t - self.mean) / self.std
-        t = t[None]  # (1, C, h, w)
+        arr = np.array(image, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
+        t = torch.from_numpy(arr).float()  # (h, w[, C]) contiguous float
+        if t.ndim == 2:
+            t = t[..., None]
+        t.sub_(self.mean.view(-1) * 255).div_(self.std.view(-1) * 255)  # (x / 255 - mean) / std, in place, per channel
+        t = t.permute(2, 0, 1)[None]  # (1, C, h, w) in channels_last memory, the layout the model wants
         h2, w2 = t.shape[-2:]
         if min(h2, w2) < MIN_INPUT_SIZE:  # tiny or very thin images: upscale the short side to the minimum
             f = MIN_INPUT_SIZE / min(h2, w2)
@@ -218,11 +224,11 @@ class Predictor:
         t2 = time.perf_counter()
         logits = self.logits(x)  # (1, C, h, w)
         t3 = time.perf_counter()
-        probs = logits.softmax(1)[0]  # (C, h, w)
         w, h = im.size
-        labels = upsample_argmax(logits, (h, w)) if probs.shape[-2:] != (h, w) else probs.argmax(0)
-        dtype = np.uint8 if probs.shape[0] <= 256 else np.int32
+        # the argmax of the logits is the argmax of the probabilities: the softmax waits until someone asks
+        labels = upsample_argmax(logits, (h, w)) if logits.shape[-2:] != (h, w) else logits[0].argmax(0)
+        dtype = np.uint8 if logits.shape[1] <= 256 else np.int32
         labels_np = labels.numpy().astype(dtype)
         t4 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "forward": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3}
-        return Prediction(labels=labels_np, probs_work=probs.numpy(), latency_ms=(t4 - t0) * 1e3, timings=timings, image=im, classes=self.classes)
+        return Prediction(labels=labels_np, logits_work=logits[0].numpy(), latency_ms=(t4 - t0) * 1e3, timings=timings, image=im, classes=self.classes)

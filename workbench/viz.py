@@ -22,6 +22,7 @@ __all__ = [
     "class_probability_maps",
     "one_hot",
     "fit_for_display",
+    "present_labels",
 ]
 
 
@@ -33,8 +34,14 @@ def _colors_array(classes_or_colors) -> np.ndarray:
 def colorize(labels: np.ndarray, classes_or_colors, void_color=(0, 0, 0)) -> np.ndarray:
     """(H, W) integer labels -> (H, W, 3) uint8 colours; labels outside the class range get ``void_color``."""
     colors = _colors_array(classes_or_colors)
-    lut = np.vstack([colors, np.asarray(void_color, dtype=np.uint8)[None]])
-    idx = np.asarray(labels).astype(np.int64)
+    labels = np.asarray(labels)
+    void = np.asarray(void_color, dtype=np.uint8)
+    if labels.dtype == np.uint8:  # the common case: one 256-entry table, no range checks
+        lut = np.tile(void, (256, 1))
+        lut[: min(len(colors), 256)] = colors[:256]
+        return lut[labels]
+    lut = np.vstack([colors, void[None]])
+    idx = labels.astype(np.int64)
     idx = np.where((idx < 0) | (idx >= len(colors)), len(colors), idx)
     return lut[idx]
 
@@ -54,8 +61,9 @@ def overlay(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5) -> np.n
 def legend_html(classes, present: np.ndarray | None = None) -> str:
     """A compact HTML legend: a colour swatch and the name per class (only ``present`` ones if given)."""
     items = []
+    shown = None if present is None else set(np.asarray(present).tolist())
     for i, c in enumerate(classes):
-        if present is not None and i not in set(np.asarray(present).tolist()):
+        if shown is not None and i not in shown:
             continue
         r, g, b = c["color"]
         items.append(
@@ -152,3 +160,9 @@ def fit_for_display(arr: np.ndarray, max_side: int, labels: bool = False) -> np.
     if labels:
         return np.asarray(Image.fromarray(a.astype(np.int32)).resize(size, Image.NEAREST)).astype(a.dtype)
     return np.asarray(Image.fromarray(a).resize(size, Image.BILINEAR))
+
+
+def present_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The class ids that occur in ``labels`` (faster than ``np.unique`` for small label sets)."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=num_classes)
+    return np.flatnonzero(counts[:num_classes])
