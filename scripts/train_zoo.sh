@@ -30,10 +30,10 @@ run camvid_unet            --arch unet "${CAMVID[@]}"
 run isbi_unet_plain        "${ISBI[@]}" --class-weights median
 run isbi_unet_border       "${ISBI[@]}" --border-weights
 run camvid_fcn8s           --arch fcn8s "${CAMVID[@]}"
-run camvid_residual_unet   --arch residual_unet "${CAMVID[@]}"
-run camvid_dilated         --arch dilated "${CAMVID[@]}"
-run camvid_fcn32s          --arch fcn32s "${CAMVID[@]}"
 run camvid_fcn16s          --arch fcn16s "${CAMVID[@]}"
+run camvid_fcn32s          --arch fcn32s "${CAMVID[@]}"
+run camvid_dilated         --arch dilated "${CAMVID[@]}"
+run camvid_residual_unet   --arch residual_unet "${CAMVID[@]}"
 run camvid_deeplabv3plus   --arch deeplabv3plus "${CAMVID[@]}"
 run camvid_smp_unet        --arch smp_unet "${CAMVID[@]}"
 run camvid_tiramisu        --arch tiramisu --model-kwargs '{"variant": "fc_densenet56"}' "${CAMVID[@]}" --crop 224 224 --epochs 60
