@@ -78,23 +78,32 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, 
 
 
 def _peak_memory_mb(name: str, size, batch: int, precision: str, device: str) -> float | None:
-    """Peak memory of one batch, in a fresh process (CPU: growth of max RSS; CUDA: max allocated)."""
+    """Peak memory of one batch, in a fresh process (CPU: peak resident memory during the forward, sampled,
+    above the resident memory just before it; CUDA: max allocated)."""
     import subprocess
     import sys
 
     code = (
-        "import resource, sys, torch, workbench\n"
+        "import sys, torch, workbench\n"
         "from workbench.predictor import autocast_context, resolve_device\n"
         "from workbench.optimize import optimize_for_inference\n"
         f"dev = resolve_device({device!r}); torch.manual_seed(0)\n"
         f"m = workbench.create_model({name!r}, num_classes=11)\n"
         "m, _ = optimize_for_inference(m, torch.randn(1, 3, 64, 64)); m = m.to(dev)\n"
         f"x = torch.randn({batch}, 3, {size[0]}, {size[1]}, device=dev).contiguous(memory_format=torch.channels_last)\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import threading, time, os\n"
+        "page = os.sysconf('SC_PAGE_SIZE')\n"
+        "def rss(): return int(open('/proc/self/statm').read().split()[1]) * page\n"
+        "before, peak, done = rss(), [0], [False]\n"
+        "def sample():\n"
+        "    while not done[0]:\n"
+        "        peak[0] = max(peak[0], rss()); time.sleep(0.0005)\n"
+        "th = threading.Thread(target=sample); th.start()\n"
         "if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()\n"
         f"with torch.inference_mode(), autocast_context(dev, {precision!r}): m(x)\n"
+        "done[0] = True; th.join()\n"
         "if dev.type == 'cuda': print(torch.cuda.max_memory_allocated() / 2**20)\n"
-        "else: print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+        "else: print((max(peak[0], rss()) - before) / 2**20)\n"
     )
     try:
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -224,6 +233,94 @@ def run_train_bench(names: list[str], *, batch_size: int = 8, size=(224, 224), d
             r["speedup_vs_fp32"] = r["images_per_s"] / base["images_per_s"]
             rows.append(r)
     return {"machine": machine_description(), "device": str(dev), "rows": rows}
+
+
+def run_engine_bench(name: str = "unet", *, size=(360, 480), repeats: int = 10) -> dict:
+    """One architecture through every inference engine we evaluated, with label parity against fp32 eager.
+
+    torch eager fp32 (the baseline), the app's fast path (folded BN, channels_last, bf16 autocast),
+    the fast path under ``torch.compile`` (Inductor, freezing; compile time reported), and ONNX Runtime
+    (fp32, CPU execution provider) when ``onnxruntime`` is installed.
+    """
+    import copy
+    import io
+
+    import numpy as np
+
+    from .optimize import optimize_for_inference
+
+    dev = torch.device("cpu")
+    prec = resolve_precision("auto", dev)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=11).eval()
+    padded = tuple(-(-d // 32) * 32 for d in size)
+    x = torch.randn(1, 3, *size)
+    with torch.inference_mode():
+        ref = model(x).argmax(1)
+
+    def agree(y) -> float:
+        return float((torch.as_tensor(y).argmax(1) == ref).float().mean())
+
+    rows = []
+    t = time_model(model, x, dev, "fp32", repeats=repeats, channels_last=False)
+    rows.append({"engine": "torch eager fp32", "latency_p50_ms": statistics.median(t), "label_agreement": 1.0})
+    fast, _ = optimize_for_inference(copy.deepcopy(model), torch.randn(1, 3, 64, 64))
+    t = time_model(fast, x, dev, prec, repeats=repeats)
+    with torch.inference_mode(), autocast_context(dev, prec):
+        y = fast(x.contiguous(memory_format=torch.channels_last)).float()
+    rows.append({"engine": f"torch fast path (fold + channels_last + {prec})", "latency_p50_ms": statistics.median(t), "label_agreement": agree(y)})
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        t0 = time.perf_counter()
+        compiled = torch.compile(fast)
+        with torch.inference_mode(), autocast_context(dev, prec):
+            y = compiled(x.contiguous(memory_format=torch.channels_last)).float()
+        compile_s = time.perf_counter() - t0
+        t = time_model(compiled, x, dev, prec, warmup=1, repeats=repeats)
+        rows.append({"engine": f"torch.compile of the fast path ({prec})", "latency_p50_ms": statistics.median(t), "label_agreement": agree(y), "compile_s": compile_s})
+    except Exception as exc:  # compile needs a C++ toolchain; report instead of failing the bench
+        rows.append({"engine": "torch.compile", "error": f"{type(exc).__name__}: {exc}"[:200]})
+    try:
+        import onnxruntime as ort
+
+        buf = io.BytesIO()
+        plain, _ = optimize_for_inference(copy.deepcopy(model), torch.randn(1, 3, 64, 64), channels_last=False)
+        xp = torch.nn.functional.pad(x, (0, padded[1] - size[1], 0, padded[0] - size[0]), mode="reflect")
+        torch.onnx.export(plain, (xp,), buf, dynamo=False, opset_version=17)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: xp.numpy()}
+        times = []
+        for i in range(2 + repeats):
+            t0 = time.perf_counter()
+            y = sess.run(None, feed)[0]
+            if i >= 2:
+                times.append((time.perf_counter() - t0) * 1e3)
+        rows.append({"engine": "ONNX Runtime fp32 (CPU EP)", "latency_p50_ms": statistics.median(times), "label_agreement": agree(np.asarray(y)[..., : size[0], : size[1]])})
+    except ImportError:
+        rows.append({"engine": "ONNX Runtime", "error": "onnxruntime is not installed (pip install onnxruntime onnx)"})
+    return {"machine": machine_description(), "architecture": name, "input": list(size), "rows": rows}
+
+
+def engines_to_markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"`{result['architecture']}` on 1x3x{result['input'][0]}x{result['input'][1]}, {m['threads']} threads, {m['cpu']}, torch {m['torch']}; "
+        "label agreement = share of pixels whose argmax equals fp32 eager's (random weights: near-ties make this a lower bound).",
+        "",
+        "| engine | p50 (ms) | label agreement | note |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | - | - | {r['error']} |")
+        else:
+            note = f"compile {r['compile_s']:.0f} s" if "compile_s" in r else ""
+            lines.append(f"| {r['engine']} | {r['latency_p50_ms']:.1f} | {100 * r['label_agreement']:.2f}% | {note} |")
+    return "\n".join(lines)
 
 
 CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")
@@ -417,7 +514,10 @@ def to_markdown(result: dict) -> str:
 
 
 def main(args) -> int:
-    if args.request:
+    if args.engines:
+        result = run_engine_bench((args.arch or ["unet"])[0], size=tuple(args.size), repeats=args.repeats)
+        md = engines_to_markdown(result)
+    elif args.request:
         from .paths import resolve_data_root
 
         image = args.image or next(iter(sorted((resolve_data_root() / "camvid" / "test").glob("*.png"))), None)

@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train", action="store_true", help="training throughput instead: fp32 vs channels_last vs bf16 (default size 224x224)")
     s.add_argument("--batch-size", type=int, default=8, help="batch size for --train")
     s.add_argument("--encoders", action="store_true", help="compare candidate timm encoders instead (size, latency)")
+    s.add_argument("--engines", action="store_true", help="one architecture through torch eager, the fast path, torch.compile and ONNX Runtime")
     s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
     s.add_argument("--image", default=None, help="image for --request (default: the first CamVid test image)")
     s.set_defaults(func=_cmd_bench)
