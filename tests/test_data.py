@@ -160,7 +160,7 @@ def test_unknown_dataset_split_and_option():
         build_dataset("cityscapes", "train")
     with pytest.raises(DatasetError, match="unknown split 'training' for dataset 'camvid'; valid: train, val, test"):
         build_dataset("camvid", "training")
-    with pytest.raises(DatasetError, match="valid: train, test, val, all"):
+    with pytest.raises(DatasetError, match="valid: train, val, test, all"):
         build_dataset("isbi", "validation")
     with pytest.raises(DatasetError, match="valid: train, val, test"):
         build_dataset("synthetic", "all")
