@@ -55,6 +55,17 @@ def _cmd_export(args) -> int:
 
     from .checkpoint import export_checkpoint
 
+    if args.onnx:
+        from .onnx_export import export_onnx
+
+        if args.set or args.default:
+            raise ValueError("--set and --default describe a workbench checkpoint; they do not apply to --onnx")
+        res = export_onnx(args.src, args.dst, check=not args.no_check)
+        print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB, opset {res['opset']}; input 'image' (B, C, H, W) 0..255, output 'logits', any H, W >= 32)")
+        for row in res["checks"]:
+            h, w = row["size"]
+            print(f"  ONNX Runtime vs PyTorch at {h}x{w}: labels agree on {100 * row['label_agreement']:.3f}% of pixels, max |logit diff| {row['max_abs_logit_diff']:.2e}")
+        return 0
     extra = {"default": True} if args.default else {}
     extra.update(dict(args.set or []))
     fixed = sorted(set(extra) & {"architecture", "kwargs", "weights", "format", "format_version", "software", "created_utc"})
@@ -270,9 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, metavar="OUT", help="also write the numbers to this JSON file")
     s.set_defaults(func=_cmd_weights)
 
-    s = sub.add_parser("export", help="copy a checkpoint under a new name (verified; fp16 weights), e.g. a run's best into checkpoints/")
+    s = sub.add_parser("export", help="copy a checkpoint under a new name (verified; fp16 weights), e.g. a run's best into checkpoints/; or --onnx")
     s.add_argument("src", help="source checkpoint (.json)")
     s.add_argument("dst", help="destination path without suffix, e.g. checkpoints/camvid_unet")
+    s.add_argument("--onnx", action="store_true", help="write DST.onnx instead (dynamic batch, height and width; normalization inside), checked with ONNX Runtime")
+    s.add_argument("--no-check", action="store_true", help="with --onnx: skip the ONNX Runtime check")
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     s.add_argument("--default", action="store_true", help='mark as the default checkpoint of its architecture ("default": true)')
     s.add_argument("--set", action="append", type=_manifest_field, metavar="KEY=JSON", help="add or replace a top-level manifest field, e.g. upsampling_lab=true (repeatable; the value is JSON, else a string)")
