@@ -14,6 +14,11 @@ import threading
 import time
 from pathlib import Path
 
+try:  # Hugging Face ZeroGPU Spaces: `spaces` must be imported before torch; elsewhere it is absent
+    import spaces
+except ImportError:
+    spaces = None
+
 import gradio as gr
 import numpy as np
 import torch
@@ -39,6 +44,11 @@ QUEUE_SIZE = int(os.environ.get("WORKBENCH_QUEUE_SIZE", "64"))  # waiting events
 DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large
 STATE_TTL_S = 900  # a session's cached label maps live this long
 MAX_SESSIONS = 128  # sessions whose state is kept; the oldest are dropped beyond this
+# Compare's examples: their network results are kept after the first run (see cached_segment_all), and with
+# WARM_EXAMPLES computed in the background at startup: on by default on a Space (SPACE_ID is set there), off
+# locally where a quiet CPU matters more. (Gradio's own example cache cannot store these outputs: its lazy mode
+# fails on gr.update values, its eager mode on reading back hidden images and the session state.)
+WARM_EXAMPLES = os.environ.get("WORKBENCH_WARM_EXAMPLES", "1" if os.environ.get("SPACE_ID") else "0") == "1"
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:
@@ -68,13 +78,44 @@ def zoo() -> Zoo:
 
 
 def example_images(n: int = 4) -> list[str]:
-    """A few CamVid test images from the data root, when the data is present."""
+    """A few CamVid test images from the data root when the data is present (``workbench fetch-data camvid``),
+    else one built-in synthetic image (shapes on a texture, made in code), so a fresh Space has an example."""
     folder = resolve_data_root() / "camvid" / "test"
-    if not folder.is_dir():
-        return []
-    files = sorted(folder.glob("*.png"))
+    files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not files:
+        return [synthetic_example()]
     step = max(1, len(files) // n)
     return [str(p) for p in files[::step][:n]]
+
+
+def synthetic_example() -> str:
+    """Write (once) and return a 360x480 synthetic example image."""
+    import tempfile
+
+    from PIL import Image
+
+    from workbench.data import synthetic_sample
+
+    path = Path(tempfile.gettempdir()) / "segmentation-workbench" / "synthetic_example.png"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image, _ = synthetic_sample(0, split="test", size=(360, 480), num_classes=5)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)  # concurrent workers never see a half-written file
+    return str(path)
+
+
+def gpu_duration(image_path=None, archs=None, *args, **kwargs) -> int:
+    """Seconds of ZeroGPU time to ask for: model loading plus a few seconds per selected model."""
+    return int(min(120, 10 + 4 * len(archs or ())))
+
+
+def on_gpu(fn):
+    """``@spaces.GPU`` with :func:`gpu_duration` on a ZeroGPU Space; the function itself everywhere else."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=gpu_duration)(fn)
 
 
 def raw_upload(component: gr.Image) -> gr.Image:
@@ -147,7 +188,8 @@ def _clock(timings: dict | None, key: str):
             timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t) * 1e3
 
 
-def segment_all(image_path: str | None, archs: list[str], timings: dict | None = None) -> tuple[np.ndarray, dict, np.ndarray | None]:
+@on_gpu
+def segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Run every selected architecture on one image.
 
     Returns:
@@ -167,7 +209,9 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
     with _clock(timings, "ground truth lookup"):
         gt = find_ground_truth(image_path, arr)
     results: dict[str, dict] = {}
-    for name in archs:
+    for i, name in enumerate(archs):
+        if progress is not None:
+            progress((i, len(archs)), desc=f"running {name}", unit="models")
         try:
             pred = zoo().predict(name, image)
             if timings is not None:
@@ -188,6 +232,57 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
         except Exception as exc:  # one failing model must not take the comparison down
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
     return arr, results, gt
+
+
+_EXAMPLE_CACHE: dict[tuple[str, tuple[str, ...]], tuple] = {}
+_EXAMPLE_DIGESTS: set[str] = set()
+_EXAMPLE_LOCK = threading.Lock()
+
+
+def _digest(path: str | None) -> str | None:
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read(64 << 20)).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def register_examples(paths: list[str]) -> list[str]:
+    """Mark these files as examples: their Compare results are cached (by content: Gradio serves copies)."""
+    _EXAMPLE_DIGESTS.update(d for d in map(_digest, paths) if d)
+    return paths
+
+
+def cached_segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None):
+    """:func:`segment_all`, answered from memory for the example images (bounded: examples x selections)."""
+    digest = _digest(image_path) if _EXAMPLE_DIGESTS else None
+    key = (digest, tuple(archs))
+    if digest in _EXAMPLE_DIGESTS:
+        with _EXAMPLE_LOCK:
+            hit = _EXAMPLE_CACHE.get(key)
+        if hit is not None:
+            image, results, gt = hit
+            return image, {k: dict(v) for k, v in results.items()}, gt  # callers replace entries; keep ours
+    image, results, gt = segment_all(image_path, archs, timings, progress)
+    if digest in _EXAMPLE_DIGESTS and len(_EXAMPLE_CACHE) < 64 and all("error" not in r for r in results.values()):
+        with _EXAMPLE_LOCK:
+            _EXAMPLE_CACHE[key] = (image, {k: dict(v) for k, v in results.items()}, gt)
+    return image, results, gt
+
+
+def warm_examples(paths: list[str], archs: list[str]) -> threading.Thread:
+    """Compute the examples' results in a background thread (a Space's first visitor then waits for nothing)."""
+
+    def run():
+        for path in paths:
+            with contextlib.suppress(Exception):
+                cached_segment_all(path, archs)
+
+    thread = threading.Thread(target=run, name="warm-examples", daemon=True)
+    thread.start()
+    return thread
 
 
 CARD_FIELDS = 6  # per architecture: column (visibility), header, mask, overlay, error map, legend
@@ -222,12 +317,13 @@ def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray |
     return img, f"**{len(maps)} models agree on {100 * agreement:.1f}% of pixels.** Yellow: two different answers; red: every model says something else."
 
 
-def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None):
+def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=gr.Progress()):
     """The Compare tab: segment with every selected architecture and lay out one card each.
 
-    ``timings`` (optional dict) receives the milliseconds spent per stage (``workbench bench --request``).
+    ``timings`` (optional dict) receives the milliseconds spent per stage (``workbench bench --request``);
+    ``progress`` shows which model is running (Gradio fills it in; a no-op outside a request).
     """
-    image, results, gt = segment_all(image_path, archs, timings)
+    image, results, gt = cached_segment_all(image_path, archs, timings, progress)
     # What the browser shows (and the session keeps for restyling) is at most DISPLAY_MAX_SIDE pixels a side:
     # a 24-megapixel upload must not keep ~100 MB per session alive. Scores were computed at full size.
     with _clock(timings, "fit for display"):
@@ -566,9 +662,7 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                 cmp_archs = gr.CheckboxGroup(ARCHITECTURES, value=DEFAULT_SELECTION, label="Architectures", elem_classes=["wb-archs"])
                 cmp_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 cmp_button = gr.Button("Segment", variant="primary")
-                examples = example_images()
-                if examples:
-                    gr.Examples(examples, inputs=cmp_image, label="CamVid test images (ground truth and error maps shown)")
+                examples = register_examples(example_images())
             with gr.Column(scale=2, min_width=320):
                 with gr.Row():
                     dis_image = gr.Image(label="Disagreement map", format="jpeg", interactive=False, height=300)
@@ -585,6 +679,12 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                     err = gr.Image(label="Errors (red: wrong, dark blue: void)", format="jpeg", interactive=False, height=220, visible=False)
                     legend = gr.HTML()
                 card_outputs += [card, header, mask, over, err, legend]
+        gr.Examples(  # a click fills the inputs and runs Compare, answered from memory after the first time
+            [[path, DEFAULT_SELECTION, 0.5] for path in examples], inputs=[cmp_image, cmp_archs, cmp_opacity],
+            outputs=[*card_outputs, dis_image, dis_text, gt_image, cmp_state], fn=compare, run_on_click=True,
+            cache_examples=False, examples_per_page=8,
+            label="CamVid test images (ground truth and error maps shown)" if "camvid" in examples[0] else "A synthetic example (fetch CamVid for real ones: workbench fetch-data camvid)",
+        )
 
     with gr.Tab("Task representation"):
         gr.Markdown("How a segmentation network represents its answer: one probability map per class, then an argmax.")
@@ -594,8 +694,7 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                 task_arch = gr.Dropdown(ARCHITECTURES, value="unet" if "unet" in ARCHITECTURES else ARCHITECTURES[0], label="Architecture")
                 task_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 task_button = gr.Button("Show representation", variant="primary")
-                if examples:
-                    gr.Examples(examples, inputs=task_image, label="CamVid test images")
+                gr.Examples(examples, inputs=task_image, label="Examples")
             with gr.Column(scale=2, min_width=320):
                 task_note = gr.Markdown()
                 task_gallery = gr.Gallery(label="Per-class probability maps (one channel per class)", columns=4, height="auto")
@@ -625,8 +724,7 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
                 up_image = raw_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=260))
                 up_factor = gr.Radio(list(LAB_FACTORS), value=4, label="Factor")
                 up_button = gr.Button("Reduce and restore", variant="primary")
-                if examples:
-                    gr.Examples(examples, inputs=up_image, label="CamVid test images")
+                gr.Examples(examples, inputs=up_image, label="Examples")
             with gr.Column(scale=2, min_width=320):
                 up_note = gr.Markdown()
                 up_gallery = gr.Gallery(label="Reduced, then restored by each operator", columns=4, height="auto")
@@ -710,6 +808,8 @@ with gr.Blocks(title="Segmentation Workbench", delete_cache=(1800, 3600)) as dem
     tr_button.click(lab_trained, up_image, [tr_gallery, tr_table, tr_text], api_name="upsampling_trained", **heavy)
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+if WARM_EXAMPLES and spaces is None:  # on ZeroGPU the GPU exists only inside requests
+    warm_examples(examples, DEFAULT_SELECTION)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,12 +32,14 @@ __all__ = [
     "Predictor",
     "UnknownChoiceError",
     "create_model",
+    "from_hub",
     "get_architecture",
     "list_architectures",
     "load_checkpoint",
     "load_image",
     "load_plugins",
     "plugin_errors",
+    "push_to_hub",
     "register_architecture",
     "save_checkpoint",
 ]
@@ -52,6 +54,10 @@ def __getattr__(name):  # lazy: keep `import workbench` light for plugins and th
         from . import predictor
 
         return getattr(predictor, name)
+    if name in ("push_to_hub", "from_hub"):
+        from . import hub
+
+        return getattr(hub, name)
     if name in ("load_image", "ImageError"):
         from . import imageio
 

@@ -83,6 +83,26 @@ def _cmd_loadtest(args) -> int:
     return loadtest.main(args)
 
 
+def _cmd_fetch_data(args) -> int:
+    from .fetch import FetchError, _fetch, usage_hint
+    from .paths import resolve_data_root
+
+    names = ["camvid", "isbi"] if args.dataset == "all" else [args.dataset]
+    if args.url and len(names) > 1:
+        print("error: --url names one archive; give a dataset (camvid or isbi), or use WORKBENCH_CAMVID_URL / WORKBENCH_ISBI_URL", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        try:
+            _fetch(name, args.data_root, url=args.url, force=args.force, progress=not args.quiet, hint=False)
+        except FetchError as exc:
+            failed += 1
+            print(f"error: {name}: {exc}", file=sys.stderr)
+    if failed < len(names) and not args.quiet:
+        print(usage_hint(resolve_data_root(args.data_root).absolute()))
+    return 2 if failed else 0
+
+
 def _cmd_app(args) -> int:
     import runpy
 
@@ -216,6 +236,28 @@ def _cmd_weights(args) -> int:
     return 0
 
 
+def _cmd_hub_push(args) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(args.checkpoint, args.repo_id, token=args.token, private=args.private, revision=args.revision, commit_message=args.message, license=args.license)
+    print(f"pushed {args.checkpoint} to https://huggingface.co/{args.repo_id} (model.safetensors, workbench.json, README.md in one commit)\n{url}")
+    return 0
+
+
+def _cmd_hub_pull(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .hub import download_from_hub, save_local_copy
+
+    path = download_from_hub(args.repo_id, revision=args.revision, token=args.token)
+    if args.out:
+        dst = save_local_copy(path, args.out, args.name or args.repo_id.split("/")[-1])
+        print(f"wrote {dst} and {dst.with_suffix('.safetensors').name} (sha256 verified)")
+        return 0
+    _model, manifest = load_checkpoint(path)
+    print(f"{args.repo_id}: {manifest['architecture']} checkpoint, sha256 verified, cached at {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Segmentation Workbench: compare segmentation architectures.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -281,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, metavar="OUT", help="also write the numbers to this JSON file")
     s.set_defaults(func=_cmd_weights)
 
+    s = sub.add_parser("fetch-data", help="download CamVid and/or ISBI 2012 into the data root (resumable, verified, atomic)")
+    s.add_argument("dataset", choices=["camvid", "isbi", "all"])
+    s.add_argument("--data-root", default=None, help="where to put camvid/ and isbi2012-membrane/ (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
+    s.add_argument("--url", default=None, help="archive URL, file:// URL or local .zip instead of the public one (also $WORKBENCH_CAMVID_URL / $WORKBENCH_ISBI_URL)")
+    s.add_argument("--force", action="store_true", help="download again and replace the dataset folder even if present (or invalid)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or status lines, errors only")
+    s.set_defaults(func=_cmd_fetch_data)
+
     s = sub.add_parser("export", help="copy a checkpoint under a new name (verified; fp16 weights), e.g. a run's best into checkpoints/; or --onnx")
     s.add_argument("src", help="source checkpoint (.json)")
     s.add_argument("dst", help="destination path without suffix, e.g. checkpoints/camvid_unet")
@@ -302,6 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="also write the figures to this JSON file")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_loadtest)
+
+    s = sub.add_parser("hub-push", help="upload a checkpoint to a Hugging Face Hub model repo (weights, manifest, model card; one commit)")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint's .json manifest (or its .safetensors)")
+    s.add_argument("repo_id", metavar="REPO_ID", help="owner/name on the Hub")
+    s.add_argument("--private", action="store_true", help="create the repository private")
+    s.add_argument("--token", default=None, help="Hub token with write access (default: $HF_TOKEN or the one saved by `hf auth login`)")
+    s.add_argument("--revision", default=None, help="branch to commit to (created if missing; default: main)")
+    s.add_argument("--message", default=None, help="commit message")
+    s.add_argument("--license", default=None, help="license in the model card (default: the manifest's 'license', else 'other')")
+    s.set_defaults(func=_cmd_hub_push)
+
+    s = sub.add_parser("hub-pull", help="download a checkpoint from the Hugging Face Hub (cached, sha256 verified); --out copies it into a folder")
+    s.add_argument("repo_id", metavar="REPO_ID", help="owner/name on the Hub")
+    s.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    s.add_argument("--out", default=None, metavar="DIR", help="also write DIR/NAME.json + DIR/NAME.safetensors, e.g. checkpoints/")
+    s.add_argument("--name", default=None, help="NAME for --out (default: the repository's name)")
+    s.add_argument("--token", default=None, help="Hub token for private repositories (default: $HF_TOKEN)")
+    s.set_defaults(func=_cmd_hub_pull)
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)

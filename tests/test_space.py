@@ -1,0 +1,159 @@
+"""The repository is a valid Hugging Face Space: front matter, requirements, examples without data, ZeroGPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _front_matter() -> dict:
+    text = (ROOT / "README.md").read_text()
+    assert text.startswith("---\n"), "README.md must start with the Space's YAML front matter"
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def _pyproject_requirements() -> dict[str, Requirement]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {Requirement(d).name.lower().replace("_", "-"): Requirement(d) for d in deps}
+
+
+def test_readme_front_matter_is_a_valid_gradio_space_config():
+    fm = _front_matter()
+    for key in ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "python_version", "app_file", "tags", "license"):
+        assert key in fm, f"front matter lacks {key}"
+    assert fm["sdk"] == "gradio"
+    assert (ROOT / fm["app_file"]).is_file()
+    colours = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}  # the values Spaces accepts
+    assert fm["colorFrom"] in colours and fm["colorTo"] in colours
+    assert len(fm.get("short_description", "")) <= 60
+    gradio_spec = _pyproject_requirements()["gradio"].specifier
+    assert Version(str(fm["sdk_version"])) in gradio_spec, f"sdk_version {fm['sdk_version']} is outside pyproject's gradio{gradio_spec}"
+    assert isinstance(fm["python_version"], str)  # YAML would read 3.10 as the float 3.1
+    assert Version(fm["python_version"]) >= Version("3.10")
+    assert "semantic-segmentation" in fm["tags"]
+
+
+def test_requirements_txt_agrees_with_pyproject():
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    reqs = {Requirement(ln).name.lower().replace("_", "-"): Requirement(ln) for ln in lines if ln}
+    project = _pyproject_requirements()
+    project.pop("gradio")  # the Space's sdk_version installs gradio; pinning it twice invites conflicts
+    assert set(reqs) == set(project), f"only in requirements.txt: {set(reqs) - set(project)}; only in pyproject: {set(project) - set(reqs)}"
+    for name, req in reqs.items():
+        assert req.specifier == project[name].specifier, f"{name}: requirements.txt {req.specifier} vs pyproject {project[name].specifier}"
+
+
+def test_without_camvid_the_app_offers_a_builtin_synthetic_example(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
+    (ex,) = app.example_images()
+    im = Image.open(ex)
+    assert im.size == (480, 360) and im.mode == "RGB"
+    assert app.example_images() == [ex]  # made once, then reused
+
+
+def test_compare_reports_progress_per_model(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
+    calls = []
+    app.compare(app.synthetic_example(), ["naive", "fcn32s"], 0.5, progress=lambda frac, desc=None, unit=None: calls.append((frac, desc)))
+    assert calls == [((0, 2), "running naive"), ((1, 2), "running fcn32s")]
+
+
+FAKE_SPACES = '''
+import json, os
+LOG = os.environ["FAKE_SPACES_LOG"]
+def GPU(task=None, *, duration=None, size=None):
+    def wrap(fn):
+        def gpu_fn(*args, **kwargs):
+            with open(LOG, "a") as f:
+                f.write(json.dumps({"fn": fn.__name__, "duration": duration(*args, **kwargs) if callable(duration) else duration}) + "\\n")
+            return fn(*args, **kwargs)
+        gpu_fn.zerogpu = True
+        return gpu_fn
+    return wrap(task) if callable(task) else wrap
+'''
+
+
+@pytest.mark.slow
+def test_zerogpu_decorates_the_model_runs_when_spaces_is_present(tmp_path):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "__init__.py").write_text(FAKE_SPACES)
+    log = tmp_path / "gpu.jsonl"
+    script = textwrap.dedent(
+        """
+        import app
+        assert getattr(app.segment_all, "zerogpu", False), "segment_all is not wrapped by spaces.GPU"
+        app.compare(app.synthetic_example(), ["naive", "fcn32s", "unet"], 0.5)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]), FAKE_SPACES_LOG=str(log), WORKBENCH_DATA_ROOT=str(tmp_path / "nothing"))
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows == [{"fn": "segment_all", "duration": 22}]  # 10 s + 4 s per model
+
+
+def test_without_spaces_nothing_is_wrapped():
+    import app
+
+    if app.spaces is not None:
+        pytest.skip("the `spaces` package is installed here")
+    assert app.on_gpu(len) is len
+    assert not hasattr(app.segment_all, "zerogpu")
+    assert app.gpu_duration("x.png", ["a"] * 100) == 120  # capped
+
+
+def test_example_results_are_cached_by_content(monkeypatch, tmp_path):
+    """Gradio hands the handler a copy of the example file: the cache goes by content, and only for examples."""
+    import shutil
+
+    import app
+
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
+    monkeypatch.setattr(app, "_EXAMPLE_CACHE", {})
+    monkeypatch.setattr(app, "_EXAMPLE_DIGESTS", set())
+    calls = []
+    real = app.segment_all
+    monkeypatch.setattr(app, "segment_all", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    example = app.synthetic_example()
+    app.register_examples([example])
+    copy = shutil.copy(example, tmp_path / "served_copy.png")
+    first = app.compare(copy, ["naive", "fcn32s"], 0.5)
+    second = app.compare(copy, ["naive", "fcn32s"], 0.3)
+    assert calls == [["naive", "fcn32s"]]  # the second answer came from the cache
+    assert (first[-1]["results"]["naive"]["labels"] == second[-1]["results"]["naive"]["labels"]).all()
+    app.compare(copy, ["naive"], 0.5)  # another selection is another entry
+    Image.open(example).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "user.png")
+    app.compare(str(tmp_path / "user.png"), ["naive"], 0.5)
+    app.compare(str(tmp_path / "user.png"), ["naive"], 0.5)  # not an example: never cached
+    assert len(calls) == 4 and len(app._EXAMPLE_CACHE) == 2
+
+
+def test_warming_fills_the_cache_in_the_background(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
+    monkeypatch.setattr(app, "_EXAMPLE_CACHE", {})
+    monkeypatch.setattr(app, "_EXAMPLE_DIGESTS", set())
+    paths = app.register_examples(app.example_images())
+    app.warm_examples(paths, ["naive"]).join(timeout=120)
+    assert len(app._EXAMPLE_CACHE) == 1
+    monkeypatch.setattr(app, "segment_all", lambda *a, **k: pytest.fail("not answered from the cache"))
+    app.compare(paths[0], ["naive"], 0.5)
