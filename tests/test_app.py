@@ -53,7 +53,7 @@ def test_compare_renders_selected_cards_and_disagreement(street):
             assert vis["visible"] is True
             assert "latency" in header and "parameters" in header
             assert "untrained" in header or "trained" in header
-            assert mask.shape == (96, 128, 3) and mask.dtype == np.uint8
+            assert mask.mode == "P" and np.asarray(mask.convert("RGB")).shape == (96, 128, 3)  # palette PNG: one byte a pixel
             assert over.shape == (96, 128, 3)
             assert "wb-legend" in legend
             assert err["visible"] is False  # no ground truth for a user's own image
@@ -81,7 +81,7 @@ def test_opacity_restyle_reuses_cached_labels(street):
     assert np.array_equal(over0, img)  # opacity 0: the image itself
     restyled = app.restyle(state, 1.0)
     _, _, mask, over1, _, _ = _cards(restyled)["fcn8s"]
-    assert np.array_equal(over1, mask)  # opacity 1: the mask itself
+    assert np.array_equal(over1, np.asarray(mask.convert("RGB")))  # opacity 1: the mask itself
 
 
 def test_a_failing_model_shows_its_error_and_the_others_render(street, monkeypatch):
@@ -188,10 +188,15 @@ def test_camvid_example_gets_ground_truth_error_maps_and_scores():
     cards = _cards(out)
     for name in ("fcn8s", "naive"):
         vis, header, mask, over, err, legend = cards[name]
-        assert err["visible"] is True and err["value"].shape == mask.shape
+        assert err["visible"] is True and err["value"].shape == (360, 480, 3) and mask.size == (480, 360)
         assert "on this image: mIoU" in header
     gt = out[-2]
-    assert gt["visible"] is True and gt["value"].shape == (360, 480, 3)
+    assert gt["visible"] is True and gt["value"].size == (480, 360)
+    gt_rgb = np.asarray(gt["value"].convert("RGB"))
+    labels = np.asarray(Image.open(DATA / "camvid" / "testannot" / Path(path).name))
+    colors = np.array([c["color"] for c in __import__("workbench.classes", fromlist=["CAMVID_CLASSES"]).CAMVID_CLASSES])
+    assert (gt_rgb[labels == 3] == colors[3]).all()  # road pixels drawn in road colour
+    assert (gt_rgb[labels == 11] == 0).all()  # void in black
 
 
 def test_leaderboard_always_shows_the_published_anchors_marked_as_such():

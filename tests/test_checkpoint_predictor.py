@@ -237,3 +237,23 @@ def test_a_pending_manifest_for_other_weights_is_never_trusted(tmp_path, tiny_mo
     weights.write_bytes(bytes(data))
     with pytest.raises(workbench.CheckpointError, match="does not match"):
         workbench.load_checkpoint(path)
+
+
+def test_shared_preprocessing_gives_the_same_answers_and_runs_once(tiny_model, image_factory, monkeypatch):
+    """The app runs several models on one image: decode and normalisation happen once, answers are unchanged."""
+    from workbench.predictor import Predictor
+
+    image = image_factory(97, 61, "gradient")
+    preds = [Predictor(tiny_model(arch, 3), "cpu", precision="fp32") for arch in ("fcn8s", "unet")]
+    alone = [p.predict(image).labels for p in preds]
+    calls = []
+    real = Predictor.preprocess
+    monkeypatch.setattr(Predictor, "preprocess", lambda self, im: calls.append(1) or real(self, im))
+    shared: dict = {}
+    together = [p.predict(image, shared).labels for p in preds]
+    assert len(calls) == 1
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)
+    gray = Predictor(tiny_model("fcn8s", 3, in_chans=1), "cpu", precision="fp32")
+    assert gray.predict(image, shared).labels.shape == (61, 97)  # another mode: its own decode and input
+    assert len(calls) == 2

@@ -267,3 +267,28 @@ def test_reduced_load_test_passes():
     assert report["passed"], format_report(report)
     assert report["server_errors"] == 0 and report["valid_mismatch"] == 0
     assert report["invalid_clear_error"] == report["invalid"] > 0
+
+
+def test_gradio_image_cache_writes_atomically_and_reuses_copies(tmp_path):
+    """Identical output images from concurrent requests must never rewrite a file a browser is downloading."""
+    import threading
+
+    import app  # noqa: F401  (installs the atomic cache)
+    from gradio import image_utils, processing_utils as pu
+
+    assert getattr(pu.save_pil_to_cache, "workbench_atomic", False)
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, 30:] = 200
+    first = image_utils.save_image(img, cache_dir=str(tmp_path), format="png")
+    inode, mtime = os.stat(first).st_ino, os.stat(first).st_mtime_ns
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(image_utils.save_image(img, cache_dir=str(tmp_path), format="png"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(paths) == {first}
+    assert os.stat(first).st_ino == inode  # never replaced, let alone truncated
+    assert np.array_equal(np.asarray(Image.open(first)), img)
+    assert [p.name for p in Path(first).parent.iterdir()] == [Path(first).name]  # no temporary files left
+    assert os.stat(first).st_mtime_ns >= mtime

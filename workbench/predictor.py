@@ -211,16 +211,31 @@ class Predictor:
         """One forward pass on a blank input so the first real request does not pay for kernel setup."""
         self.logits(torch.zeros(1, self.in_chans, *size))
 
-    def predict(self, image) -> Prediction:
+    def predict(self, image, shared: dict | None = None) -> Prediction:
         """Segment one image (PIL image, numpy array, path or bytes).
+
+        Args:
+            shared: a dict reused across several predictors on the same image (the app's side-by-side run):
+                the decoded image and the normalised input tensor are made once per (mode, normalisation,
+                working size) and shared, instead of once per model. The tensor is never modified.
 
         Returns:
             :class:`Prediction` with labels at the original size.
         """
         t0 = time.perf_counter()
-        im = load_image(image, self.mode)
-        t1 = time.perf_counter()
-        x = self.preprocess(im)
+        if shared is None:
+            im = load_image(image, self.mode)
+            t1 = time.perf_counter()
+            x = self.preprocess(im)
+        else:
+            im = shared.get(("image", self.mode))
+            if im is None:
+                im = shared[("image", self.mode)] = load_image(image, self.mode)
+            t1 = time.perf_counter()
+            key = ("input", self.mode, tuple(self.mean.view(-1).tolist()), tuple(self.std.view(-1).tolist()), self.max_side)
+            x = shared.get(key)
+            if x is None:
+                x = shared[key] = self.preprocess(im)
         t2 = time.perf_counter()
         logits = self.logits(x)  # (1, C, h, w)
         t3 = time.perf_counter()

