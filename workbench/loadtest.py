@@ -103,7 +103,8 @@ def _start_app(port: int) -> subprocess.Popen:
 
     from .paths import app_path
 
-    proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")  # every valid request does the real work
+    proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
