@@ -33,7 +33,7 @@ from workbench.data import find_ground_truth
 from workbench.imageio import ImageError, load_image
 from workbench.metrics import foreground_iou, pixel_error, rand_error, segmentation_metrics
 from workbench.paths import bundled_path, checkpoints_dir, resolve_data_root
-from workbench.predictor import Predictor
+from workbench.predictor import Predictor, resolve_device
 from workbench.zoo import Zoo
 
 ARCHITECTURES = workbench.list_architectures()
@@ -230,6 +230,19 @@ def _clock(timings: dict | None, key: str):
             timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t) * 1e3
 
 
+def _queue_on_gpu(archs: list[str], image, shared: dict) -> dict:
+    """On CUDA: every selected model's forward pass issued back to back, no host sync in between
+    (:func:`workbench.predictor.predict_many`). Models whose predictor cannot be built are left to the
+    per-model path, which reports their error."""
+    from workbench.predictor import predict_many
+
+    ready = {}
+    for name in archs:
+        with contextlib.suppress(Exception):
+            ready[name] = zoo().predictor(name)
+    return dict(zip(ready, predict_many(list(ready.values()), image, shared)))
+
+
 @on_gpu
 def segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Run every selected architecture on one image.
@@ -252,11 +265,14 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
         gt = find_ground_truth(image_path, arr)
     results: dict[str, dict] = {}
     shared: dict = {}  # one decode and normalisation of the image for every model that reads it the same way
+    queued = _queue_on_gpu(archs, image, shared) if resolve_device(zoo().device).type == "cuda" else {}
     for i, name in enumerate(archs):
         if progress is not None:
             progress((i, len(archs)), desc=f"running {name}", unit="models")
         try:
-            pred = zoo().predict(name, image, shared=shared)
+            pred = queued[name] if name in queued else zoo().predict(name, image, shared=shared)
+            if isinstance(pred, Exception):
+                raise pred
             if timings is not None:
                 for stage, ms in pred.timings.items():
                     key = "network" if stage == "forward" else f"model {stage}"

@@ -88,10 +88,10 @@ def test_a_failing_model_shows_its_error_and_the_others_render(street, monkeypat
     zoo = app.zoo()
     original = zoo.predict
 
-    def flaky(name, image):
+    def flaky(name, image, **kw):
         if name == "unet":
             raise RuntimeError("boom in forward")
-        return original(name, image)
+        return original(name, image, **kw)
 
     monkeypatch.setattr(zoo, "predict", flaky)
     cards = _cards(app.compare(street, ["unet", "fcn8s"], 0.5))
@@ -227,3 +227,18 @@ def test_isbi_tab_shows_border_weights_for_a_held_out_slice():
     assert "Slice 25" in out[-1]
     with pytest.raises(gr.Error, match="held-out"):
         app.isbi_view(3)
+
+
+def test_gpu_branch_queues_all_models_and_renders_the_same(street, monkeypatch):
+    """The CUDA branch of segment_all (predict_many, forwards back to back), exercised on CPU predictors."""
+    import torch
+
+    normal = app.segment_all(street, ["fcn8s", "unet"])[1]
+    monkeypatch.setattr(app, "resolve_device", lambda device: torch.device("cuda"))
+    calls = []
+    real = __import__("workbench.predictor", fromlist=["predict_many"]).predict_many
+    monkeypatch.setattr("workbench.predictor.predict_many", lambda preds, image, shared=None: calls.append(len(preds)) or real(preds, image, shared))
+    queued = app.segment_all(street, ["fcn8s", "unet"])[1]
+    assert calls == [2]
+    for name in ("fcn8s", "unet"):
+        assert np.array_equal(normal[name]["labels"], queued[name]["labels"])

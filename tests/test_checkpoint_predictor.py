@@ -257,3 +257,45 @@ def test_shared_preprocessing_gives_the_same_answers_and_runs_once(tiny_model, i
     gray = Predictor(tiny_model("fcn8s", 3, in_chans=1), "cpu", precision="fp32")
     assert gray.predict(image, shared).labels.shape == (61, 97)  # another mode: its own decode and input
     assert len(calls) == 2
+
+
+def test_predict_many_matches_one_by_one_and_isolates_errors(tiny_model, image_factory):
+    from workbench.predictor import Predictor, predict_many
+
+    image = image_factory(97, 61, "gradient")
+    preds = [Predictor(tiny_model(arch, 3), "cpu", precision="fp32") for arch in ("fcn8s", "unet", "dilated")]
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1, ::2, ::2]  # wrong shape
+
+    bad = Predictor(Broken(), "cpu", precision="fp32", optimize=False)
+    out = predict_many([preds[0], bad, preds[1], preds[2]], image)
+    assert isinstance(out[1], ValueError) and "expected logits of shape" in str(out[1])
+    for p, r in zip(preds, [out[0], out[2], out[3]]):
+        alone = p.predict(image)
+        assert np.array_equal(alone.labels, r.labels)
+        assert set(r.timings) == {"load", "preprocess", "forward", "postprocess"}
+        assert r.latency_ms == pytest.approx(sum(r.timings.values()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU path)")
+def test_gpu_path_queues_forwards_without_host_syncs_and_agrees_with_cpu(tiny_model, image_factory):
+    from workbench.predictor import Predictor, predict_many
+
+    image = image_factory(480, 360, "gradient")
+    models = [tiny_model(arch, 3) for arch in ("fcn8s", "unet", "residual_unet")]
+    gpu = [Predictor(m, "cuda") for m in models]
+    for p in gpu:
+        p.warmup((360, 480))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync while the forwards are queued raises
+    try:
+        queued = [p.forward_device(p._prepare(image, {})[1]) for p in gpu]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(q.is_cuda for q in queued)
+    out = predict_many(gpu, image)
+    for m, r in zip(models, out):
+        ref = Predictor(m, "cpu", precision="fp32").predict(image)
+        assert (ref.labels == r.labels).mean() >= 0.995

@@ -196,16 +196,20 @@ class Predictor:
         return t
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward pass on a preprocessed batch (float32 logits on the CPU)."""
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+    def forward_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward pass on a preprocessed batch; the logits stay on the model's device (no host sync)."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.precision):
             y = self.model(x)
         expected = (x.shape[0], self.num_classes or (y.shape[1] if isinstance(y, torch.Tensor) and y.ndim == 4 else -1), *x.shape[-2:])
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"the model returned {got}, expected logits of shape {expected}")
-        return y.float().cpu()
+        return y
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward pass on a preprocessed batch (float32 logits on the CPU)."""
+        return self.forward_device(x).float().cpu()
 
     def warmup(self, size: tuple[int, int] = (360, 480)) -> None:
         """One forward pass on a blank input so the first real request does not pay for kernel setup."""
@@ -223,21 +227,30 @@ class Predictor:
             :class:`Prediction` with labels at the original size.
         """
         t0 = time.perf_counter()
+        im, x, t1 = self._prepare(image, shared)
+        t2 = time.perf_counter()
+        logits = self.logits(x)  # (1, C, h, w)
+        t3 = time.perf_counter()
+        return self._finish(im, logits, {"load": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "forward": (t3 - t2) * 1e3}, t0)
+
+    def _prepare(self, image, shared: dict | None) -> tuple[Image.Image, torch.Tensor, float]:
+        """Decoded image, normalised input, and the time decoding ended."""
         if shared is None:
             im = load_image(image, self.mode)
             t1 = time.perf_counter()
-            x = self.preprocess(im)
-        else:
-            im = shared.get(("image", self.mode))
-            if im is None:
-                im = shared[("image", self.mode)] = load_image(image, self.mode)
-            t1 = time.perf_counter()
-            key = ("input", self.mode, tuple(self.mean.view(-1).tolist()), tuple(self.std.view(-1).tolist()), self.max_side)
-            x = shared.get(key)
-            if x is None:
-                x = shared[key] = self.preprocess(im)
-        t2 = time.perf_counter()
-        logits = self.logits(x)  # (1, C, h, w)
+            return im, self.preprocess(im), t1
+        im = shared.get(("image", self.mode))
+        if im is None:
+            im = shared[("image", self.mode)] = load_image(image, self.mode)
+        t1 = time.perf_counter()
+        key = ("input", self.mode, tuple(self.mean.view(-1).tolist()), tuple(self.std.view(-1).tolist()), self.max_side)
+        x = shared.get(key)
+        if x is None:
+            x = shared[key] = self.preprocess(im)
+        return im, x, t1
+
+    def _finish(self, im: Image.Image, logits: torch.Tensor, timings: dict, t0: float) -> Prediction:
+        """Labels at the original size from CPU float32 logits (1, C, h, w)."""
         t3 = time.perf_counter()
         w, h = im.size
         # the argmax of the logits is the argmax of the probabilities: the softmax waits until someone asks
@@ -245,5 +258,45 @@ class Predictor:
         dtype = np.uint8 if logits.shape[1] <= 256 else np.int32
         labels_np = labels.numpy().astype(dtype)
         t4 = time.perf_counter()
-        timings = {"load": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "forward": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3}
-        return Prediction(labels=labels_np, logits_work=logits[0].numpy(), latency_ms=(t4 - t0) * 1e3, timings=timings, image=im, classes=self.classes)
+        timings = {**timings, "postprocess": (t4 - t3) * 1e3}
+        # the sum of this model's own stages (in predict_many, other models' passes run between them)
+        return Prediction(labels=labels_np, logits_work=logits[0].numpy(), latency_ms=sum(timings.values()), timings=timings, image=im, classes=self.classes)
+
+
+def predict_many(predictors: list[Predictor], image, shared: dict | None = None) -> list[Prediction | Exception]:
+    """Several predictors on one image, their forward passes issued back to back.
+
+    Every model's forward pass is queued before any result is copied back, so on a GPU the device runs them
+    one after another with no host synchronisation in between (the copies and argmaxes follow); on the CPU
+    the same code simply runs them in turn. The image is decoded and normalised once (``shared``).
+
+    Returns:
+        One :class:`Prediction` per predictor, in order, or the exception that model raised (one failing
+        model does not stop the others). ``timings["forward"]`` is the time to queue the pass plus, on a GPU,
+        the wait for its result.
+    """
+    shared = {} if shared is None else shared
+    queued: list = []
+    for pred in predictors:
+        try:
+            t0 = time.perf_counter()
+            im, x, t1 = pred._prepare(image, shared)
+            t2 = time.perf_counter()
+            y = pred.forward_device(x)
+            queued.append((pred, im, y, {"load": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}, t0, time.perf_counter() - t2))
+        except Exception as exc:
+            queued.append(exc)
+    results: list[Prediction | Exception] = []
+    for item in queued:
+        if isinstance(item, Exception):
+            results.append(item)
+            continue
+        pred, im, y, timings, t0, launch_s = item
+        try:
+            t = time.perf_counter()
+            logits = y.float().cpu()  # the first host sync
+            timings["forward"] = (launch_s + time.perf_counter() - t) * 1e3
+            results.append(pred._finish(im, logits, timings, t0))
+        except Exception as exc:
+            results.append(exc)
+    return results
