@@ -11,6 +11,9 @@ shopt -s nullglob
 for run in "$RUNS"/camvid_* "$RUNS"/isbi_*; do
   [ -d "$run" ] && [ -f "$run/summary.json" ] || continue
   name=$(basename "$run")
+  # an export newer than its run is kept: re-exporting would change the file's bytes (safetensors orders its
+  # metadata arbitrarily) and put another copy of the same weights into git history
+  if [ -f "checkpoints/$name.json" ] && [ "checkpoints/$name.json" -nt "$run/best.json" ]; then continue; fi
   python -m workbench export "$run/best.json" "checkpoints/$name"
 done
 camvid=(checkpoints/camvid_*.json)
