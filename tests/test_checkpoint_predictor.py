@@ -299,3 +299,21 @@ def test_gpu_path_queues_forwards_without_host_syncs_and_agrees_with_cpu(tiny_mo
     for m, r in zip(models, out):
         ref = Predictor(m, "cpu", precision="fp32").predict(image)
         assert (ref.labels == r.labels).mean() >= 0.995
+
+
+def test_saving_the_same_weights_twice_gives_identical_bytes(tmp_path):
+    """Reproducible checkpoint files (safetensors orders multi-key metadata arbitrarily per process, so the
+    weights file carries a single metadata key; everything else lives in the manifest)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, workbench; torch.manual_seed(0); "
+        "m = workbench.create_model('fcn32s', num_classes=3, encoder='test_resnet'); "
+        "workbench.save_checkpoint(sys.argv[1], m, {}, dtype=torch.float16)"
+    )
+    for name in ("a", "b", "c"):
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+    blobs = {(tmp_path / f"{n}.safetensors").read_bytes() for n in "abc"}
+    assert len(blobs) == 1

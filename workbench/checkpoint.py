@@ -134,7 +134,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         tensors[k] = t
-    staged = _stage_tensors(weights_path, tensors, {"format": "pt", "architecture": str(arch)})
+    staged = _stage_tensors(weights_path, tensors, {"format": "pt"})
 
     num_classes = int(kwargs.get("num_classes", 0))
     in_chans = int(kwargs.get("in_chans", 3))
