@@ -317,3 +317,26 @@ def test_saving_the_same_weights_twice_gives_identical_bytes(tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
     blobs = {(tmp_path / f"{n}.safetensors").read_bytes() for n in "abc"}
     assert len(blobs) == 1
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """A pickle starts with byte 0x80, and so does a safetensors file whose header length is 128 mod 256."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    from workbench.checkpoint import _check_safetensors
+
+    for pad in range(300):  # find metadata that makes the header length's low byte 0x80
+        path = tmp_path / "w.safetensors"
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt", "x": "y" * pad} if pad else {"format": "pt"})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length starting with 0x80")
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 128
+    _check_safetensors(path)  # accepted
+    pickled = tmp_path / "p.safetensors"
+    torch.save({"w": torch.zeros(2)}, pickled)
+    with pytest.raises(workbench.CheckpointError, match="pickle"):
+        _check_safetensors(pickled)

@@ -202,6 +202,10 @@ def _check_safetensors(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= _MAX_HEADER_BYTES and 8 + n <= size and head[8:9] == b"{":
+            return  # a well-formed safetensors header (its length may well start with byte 0x80)
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(
             f"{path.name} is a pickle / torch.save file, not safetensors; refusing to unpickle it "
@@ -209,9 +213,7 @@ def _check_safetensors(path: Path) -> None:
         )
     if len(head) < 9:
         raise CheckpointError(f"{path.name} is truncated or empty ({size} bytes): not a safetensors file")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n > _MAX_HEADER_BYTES or 8 + n > size or head[8:9] != b"{":
-        raise CheckpointError(f"{path.name} is not a valid safetensors file (bad header); it may be truncated or of another format")
+    raise CheckpointError(f"{path.name} is not a valid safetensors file (bad header); it may be truncated or of another format")
 
 
 def _roll_forward(manifest_path: Path, digest: str) -> dict[str, Any] | None:
