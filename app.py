@@ -38,7 +38,22 @@ from workbench.zoo import Zoo
 
 ARCHITECTURES = workbench.list_architectures()
 PLUGIN_ERRORS = workbench.plugin_errors()
-DEFAULT_SELECTION = [a for a in ("fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated") if a in ARCHITECTURES]
+CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")
+
+
+def default_selection() -> list[str]:
+    """The Compare tab's preselection: the classic architectures that have trained checkpoints (at least two of
+    them), else the six classic ones (then untrained, and marked so)."""
+    from workbench.zoo import discover_checkpoints
+
+    trained = set(discover_checkpoints()[0])
+    chosen = [a for a in CLASSIC if a in ARCHITECTURES and a in trained]
+    if len(chosen) >= 2:
+        return chosen
+    return [a for a in CLASSIC if a in ARCHITECTURES and a != "fcn16s"]
+
+
+DEFAULT_SELECTION = default_selection()
 MAX_UPLOAD = os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")  # Gradio refuses larger uploads before they reach a handler
 QUEUE_SIZE = int(os.environ.get("WORKBENCH_QUEUE_SIZE", "64"))  # waiting events beyond this get "Queue is full" at once
 DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large

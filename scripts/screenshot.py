@@ -1,7 +1,7 @@
 """Screenshot the app's Compare tab in headless Chromium (Debian's package, driven by Playwright).
 
 Usage:
-    python scripts/screenshot.py --url http://127.0.0.1:7860 --image IMG --out docs/compare.png
+    python scripts/screenshot.py --url http://127.0.0.1:7860 --image IMG --out docs/compare.jpg
 
 Without --url the app is started on a free local port and stopped afterwards.
 No browser is downloaded: Playwright drives /usr/bin/chromium (``--chromium`` to change).
@@ -76,7 +76,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url")
     p.add_argument("--image", required=True)
-    p.add_argument("--out", default=str(ROOT / "docs" / "compare.png"))
+    p.add_argument("--out", default=str(ROOT / "docs" / "compare.jpg"))
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--width", type=int, default=1400)
     args = p.parse_args()

@@ -242,3 +242,14 @@ def test_gpu_branch_queues_all_models_and_renders_the_same(street, monkeypatch):
     assert calls == [2]
     for name in ("fcn8s", "unet"):
         assert np.array_equal(normal[name]["labels"], queued[name]["labels"])
+
+
+def test_default_selection_prefers_trained_classic_architectures(monkeypatch):
+    from pathlib import Path as P
+
+    import workbench.zoo as wz
+
+    monkeypatch.setattr(wz, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json"), "fcn8s": P("f.json"), "smp_unet": P("s.json")}, {}))
+    assert app.default_selection() == ["fcn8s", "unet"]  # classic and trained, in the classic order
+    monkeypatch.setattr(wz, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json")}, {}))
+    assert app.default_selection() == ["fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated"]
