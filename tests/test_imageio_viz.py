@@ -333,3 +333,12 @@ def test_legend_html_escapes_names():
     assert "rgb(1,2,3)" in html_text and "road" in html_text
     only = viz.legend_html(classes, present=np.array([1]))
     assert "sky" in only and "road" not in only and "car" not in only
+
+
+def test_colorize_and_palette_image_with_more_than_256_classes():
+    """uint8 labels with a 300-colour table: the palette path cannot hold it, the general path answers."""
+    colors = [[i % 256, (i * 7) % 256, (i * 13) % 256] for i in range(300)]
+    labels = np.array([[0, 5], [255, 17]], np.uint8)
+    expected = np.array(colors, np.uint8)[labels]
+    np.testing.assert_array_equal(viz.colorize(labels, colors), expected)
+    np.testing.assert_array_equal(np.asarray(viz.palette_image(labels, colors)), expected)

@@ -37,7 +37,7 @@ def colorize(labels: np.ndarray, classes_or_colors, void_color=(0, 0, 0)) -> np.
     colors = _colors_array(classes_or_colors)
     labels = np.asarray(labels)
     void = np.asarray(void_color, dtype=np.uint8)
-    if labels.dtype == np.uint8 and labels.ndim == 2:  # the common case: PIL's palette lookup, 8x faster than numpy's gather
+    if labels.dtype == np.uint8 and labels.ndim == 2 and len(colors) <= 256:  # the common case: PIL's palette lookup, 8x faster than numpy's gather
         return np.asarray(palette_image(labels, colors, void_color).convert("RGB"))
     lut = np.vstack([colors, void[None]])
     idx = labels.astype(np.int64)
@@ -50,7 +50,7 @@ def palette_image(labels: np.ndarray, classes_or_colors, void_color=(0, 0, 0)) -
     :func:`colorize`, but PNG-encoded 5x faster and smaller (one byte per pixel)."""
     labels = np.asarray(labels)
     colors = _colors_array(classes_or_colors)
-    if labels.dtype != np.uint8 or len(colors) > 255:
+    if labels.dtype != np.uint8 or labels.ndim != 2 or len(colors) > 256:  # (colorize's general path then)
         return Image.fromarray(colorize(labels, colors, void_color))
     lut = np.tile(np.asarray(void_color, dtype=np.uint8), (256, 1))
     lut[: len(colors)] = colors
