@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import html
+import io
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ import workbench
 from workbench import lab, viz
 from workbench import leaderboard as lb
 from workbench.analysis import count_flops, stage_shapes
-from workbench.checkpoint import CheckpointError, read_manifest
+from workbench.checkpoint import CheckpointError, atomic_write_bytes, read_manifest
 from workbench.classes import IGNORE_INDEX, ISBI_CLASSES
 from workbench.data import find_ground_truth
 from workbench.imageio import ImageError, load_image
@@ -89,8 +90,6 @@ def _atomic_image_cache() -> None:
     Here the bytes go to a temporary name and are renamed into place, and an existing copy is reused, the way
     Gradio already caches uploaded files (``save_file_to_cache``).
     """
-    import tempfile
-
     from gradio import processing_utils as pu
 
     if not all(hasattr(pu, f) for f in ("save_pil_to_cache", "encode_pil_to_bytes", "hash_bytes")):
@@ -105,14 +104,7 @@ def _atomic_image_cache() -> None:
             with contextlib.suppress(OSError):
                 os.utime(path)  # delete_cache ages files by ctime: a reused copy is young again
             return str(path)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, data, durable=False)  # a cache: atomic, no fsync on the request path
         return str(path)
 
     save_pil_to_cache.workbench_atomic = True
@@ -155,11 +147,10 @@ def synthetic_example() -> str:
 
     path = Path(tempfile.gettempdir()) / "segmentation-workbench" / "synthetic_example.png"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         image, _ = synthetic_sample(0, split="test", size=(360, 480), num_classes=5)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)  # concurrent workers never see a half-written file
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue(), durable=False)  # concurrent workers never see a half-written file
     return str(path)
 
 
