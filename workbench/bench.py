@@ -8,7 +8,6 @@ channels_last, and bf16 autocast where the hardware has it (``--precision``).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import time
@@ -380,29 +379,15 @@ def profile_request(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict:
 
 def end_to_end_latency(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict:
     """The app started in a fresh process: time to the first answer, then the /compare latency through gradio_client."""
-    import subprocess
-    import sys
-    import urllib.request
-
     from gradio_client import Client, handle_file
 
-    from .loadtest import _free_port
-    from .paths import app_path
+    from .loadtest import _free_port, _start_app
 
     port = _free_port()
     t0 = time.perf_counter()
-    env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")  # measure the work, not the example cache's answers
-    proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = _start_app(port, timeout_s=300, poll_s=0.1)
     try:
         url = f"http://127.0.0.1:{port}/"
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except Exception:
-                if proc.poll() is not None or time.perf_counter() - t0 > 300:
-                    raise RuntimeError("the app did not start")
-                time.sleep(0.1)
         client = Client(url, verbose=False)
         client.predict(handle_file(image_path), ["fcn8s"], 0.5, api_name="/compare")
         first_answer = time.perf_counter() - t0

@@ -98,14 +98,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_app(port: int) -> subprocess.Popen:
+def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5) -> subprocess.Popen:
+    """The app in a fresh process on ``port``, returned once its page answers.
+
+    The example cache is off (``WORKBENCH_EXAMPLE_CACHE=0``): every request does, and is timed for, the real work.
+    """
     import urllib.request
 
     from .paths import app_path
 
-    env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")  # every valid request does the real work
+    env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")
     proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 180
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the app exited with code {proc.returncode} before answering")
@@ -113,9 +117,9 @@ def _start_app(port: int) -> subprocess.Popen:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
             return proc
         except Exception:
-            time.sleep(0.5)
+            time.sleep(poll_s)
     proc.kill()
-    raise TimeoutError("the app did not answer within 180 s")
+    raise TimeoutError(f"the app did not answer within {timeout_s:g} s")
 
 
 def _masks(result, archs: list[str]) -> dict[str, np.ndarray]:
