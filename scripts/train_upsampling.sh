@@ -27,15 +27,7 @@ RECIPE=(--arch unet --encoder "$ENCODER" --model-kwargs '{"decoder_channels": [1
         --dataset camvid --crop 224 224 --epochs 60 --batch-size 8 --lr 1e-3 --class-weights median
         --val-every 5 --workers 1 --save-every-steps 200 --seed 0)
 
-run() {  # run NAME ARGS...
-  local name="$1"; shift
-  local out="$RUNS/$name"
-  if [ -f "$out/summary.json" ]; then echo "== $name: done"; return 0; fi
-  local resume=(); [ -f "$out/resume.safetensors" ] && resume=(--resume)
-  echo "== $name: $(date -u +%FT%TZ) start ${resume[*]}"
-  python -m workbench train "$@" --out "$out" "${resume[@]}" > "$RUNS/$name.log" 2>&1
-  echo "== $name: $(date -u +%FT%TZ) exit $?"
-}
+source scripts/run_queue.sh  # run NAME ARGS...
 
 if [ "$MODE" = train ]; then
   mkdir -p "$RUNS"

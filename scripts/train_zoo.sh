@@ -16,15 +16,7 @@ ISBI=(--arch unet --encoder mobilenetv3_small_100 --model-kwargs '{"decoder_chan
       --dataset isbi --crop 256 256 --scale 0.8 1.25 --vflip --epochs 300 --batch-size 4 --lr 1e-3
       --val-every 10 --workers 1 --save-every-steps 200)
 
-run() {  # run NAME ARGS...
-  local name="$1"; shift
-  local out="$RUNS/$name"
-  if [ -f "$out/summary.json" ]; then echo "== $name: done"; return 0; fi
-  local resume=(); [ -f "$out/resume.safetensors" ] && resume=(--resume)
-  echo "== $name: $(date -u +%FT%TZ) start ${resume[*]}"
-  python -m workbench train "$@" --out "$out" "${resume[@]}" > "$RUNS/$name.log" 2>&1
-  echo "== $name: $(date -u +%FT%TZ) exit $?"
-}
+source scripts/run_queue.sh  # run NAME ARGS...
 
 run camvid_unet            --arch unet "${CAMVID[@]}"
 run isbi_unet_plain        "${ISBI[@]}" --class-weights median
