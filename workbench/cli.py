@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -42,6 +43,12 @@ def _cmd_bench(args) -> int:
     from . import bench
 
     return bench.main(args)
+
+
+def _cmd_bench_data(args) -> int:
+    from . import device_data
+
+    return device_data.main(args)
 
 
 def _cmd_train(args) -> int:
@@ -289,6 +296,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
     s.add_argument("--image", default=None, help="image for --request (default: the first CamVid test image)")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("bench-data", help="training data pipeline throughput without a model: DataLoader (CPU workers) vs the device loader")
+    s.add_argument("--dataset", default="synthetic", help="camvid, isbi, folder or synthetic (default: synthetic)")
+    s.add_argument("--split", default="train")
+    s.add_argument("--data-root", default=None, help="folder holding camvid/ etc. (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
+    s.add_argument("--dataset-options", type=json.loads, default=None, metavar="JSON", help='dataset options, e.g. \'{"length": 64, "size": [360, 480]}\' for synthetic')
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--crop", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    s.add_argument("--scale", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"))
+    s.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
+    s.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=False)
+    s.add_argument("--color-jitter", type=float, default=0.2)
+    s.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2, as training)")
+    s.add_argument("--device", default="auto", help="where batches go (default: cuda if available, else cpu)")
+    s.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
+    s.add_argument("--warmup", type=int, default=2, help="untimed batches first")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, metavar="JSON", help="also write the figures to this JSON file")
+    s.set_defaults(func=_cmd_bench_data)
 
     from .train import build_parser as train_flags
 

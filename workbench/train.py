@@ -9,6 +9,10 @@ One loop for CPU, GPU and multi-process runs:
 * every augmentation is a pure function of (seed, epoch, sample index) and the
   batch order of (seed, epoch), so a resumed run repeats exactly what the
   uninterrupted one would have done;
+* ``data_on_device`` (default on for CUDA without DDP) keeps the whole training
+  split on the device and augments batches there (:mod:`workbench.device_data`,
+  the same augmentations, drawn per (seed, epoch, batch)) instead of a
+  DataLoader of CPU workers; validation is the same either way;
 * ``<out>/resume.safetensors`` (model, optimizer, scheduler, RNG, counters, in
   one atomically written file) every epoch and every ``save_every_steps``
   steps: a run killed with SIGKILL at any moment loses at most the work since;
@@ -71,6 +75,7 @@ class TrainConfig:
     vflip: bool = False  # off for street scenes (the sky is up); useful for microscopy
     color_jitter: float = 0.2  # brightness/contrast/saturation strength, image only
     cache: bool = True  # keep decoded images in memory (CamVid train is ~190 MB)
+    data_on_device: str = "auto"  # auto | on | off: whole train split on the training device, augmented there (auto: on CUDA without DDP)
     # optimisation
     epochs: int = 100
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
@@ -110,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"class_weights must be none, median, inverse or segnet, got {self.class_weights!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.data_on_device not in ("auto", "on", "off"):
+            raise ValueError(f"data_on_device must be auto, on or off, got {self.data_on_device!r}")
         if self.save_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"save_dtype must be float16, bfloat16 or float32, got {self.save_dtype!r}")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 32):
@@ -258,6 +265,9 @@ class Trainer:
         self.cfg = cfg
         self.command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         self.rt = setup_runtime(cfg)
+        from .device_data import resolve_data_on_device
+
+        self.data_pipeline = "device" if resolve_data_on_device(cfg.data_on_device, self.rt.device, self.rt.world) else "dataloader"
         self.out = Path(cfg.out)
         self._prepare_out_dir()
         seed_everything(cfg.seed)
@@ -281,7 +291,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            text = yaml.safe_dump({"command": self.command, **dataclasses.asdict(cfg)}, sort_keys=False)
+            text = yaml.safe_dump({"command": self.command, "data_pipeline": self.data_pipeline, **dataclasses.asdict(cfg)}, sort_keys=False)
             atomic_write_bytes(self.out / "config.yaml", text.encode())
 
     def _build_data(self) -> None:
@@ -312,6 +322,17 @@ class Trainer:
         self.steps_per_epoch = len(base) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size} per process")
+        if self.data_pipeline == "device":
+            from .device_data import DeviceLoader
+
+            # same sampler (order, shard, resume skip), same augmentations, run on the device in batches
+            self.loader = DeviceLoader(
+                self.train_set, sampler=self.sampler, batch_size=cfg.batch_size, device=self.rt.device, crop=cfg.crop, scale=cfg.scale, hflip=cfg.hflip,
+                vflip=cfg.vflip, color_jitter=cfg.color_jitter, mean=mean, std=std, ignore_index=IGNORE_INDEX, channels_last=cfg.channels_last, seed=cfg.seed,
+            )
+            if self.rt.is_main:
+                print(f"data pipeline: device ({len(self.train_set)} training images on {self.rt.device}, augmented there; --data-on-device off for the DataLoader)", flush=True)
+            return
         workers = max(0, cfg.workers)
         self.loader = DataLoader(
             self.train_view,
@@ -383,6 +404,7 @@ class Trainer:
             "wall_time": self.wall_time,
             "epoch_stats": self.epoch_stats,
             "config": dataclasses.asdict(self.cfg),
+            "data_pipeline": self.data_pipeline,
         }
 
     def save_resume(self) -> None:
@@ -401,6 +423,9 @@ class Trainer:
         self.best_miou, self.best_epoch = state["best_miou"], state["best_epoch"]
         self.wall_time = state["wall_time"]
         self.epoch_stats = state.get("epoch_stats", self.epoch_stats)
+        before = state.get("data_pipeline", "dataloader")
+        if before != self.data_pipeline and self.rt.is_main:
+            warnings.warn(f"this run was trained with the {before} pipeline and resumes with the {self.data_pipeline} one: the augmentation draws differ from here on (--data-on-device {'on' if before == 'device' else 'off'} keeps them)")
         if self.rt.is_main:
             self._truncate_metrics(self.epoch)
             print(f"resumed {self.out} at epoch {self.epoch}, step {self.step_in_epoch}/{self.steps_per_epoch} (global step {self.global_step})", flush=True)
@@ -544,7 +569,7 @@ class Trainer:
             self.save_resume()
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
-        summary = {"best_val_miou": self.best_miou, "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.global_step, "wall_time_s": self.wall_time, "out": str(self.out)}
+        summary = {"best_val_miou": self.best_miou, "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.global_step, "wall_time_s": self.wall_time, "data_pipeline": self.data_pipeline, "out": str(self.out)}
         if rt.is_main:
             atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -571,6 +596,7 @@ class Trainer:
                 "hardware": machine_description(),
                 "world_size": self.rt.world,
                 "precision": self.rt.precision,
+                "data_pipeline": self.data_pipeline,
                 "class_weights": None if self.class_weight_values is None else [round(float(v), 4) for v in self.class_weight_values],
             },
         }
@@ -645,6 +671,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             p.add_argument(flag, type=int, default=None, help=helptext)
         elif f.name == "grad_clip":
             p.add_argument(flag, type=float, default=None, help=helptext)
+        elif f.name == "data_on_device":
+            p.add_argument(flag, choices=["auto", "on", "off"], default=None, help=(
+                "keep the whole training split on the training device and augment batches there (same augmentations as the "
+                "DataLoader, drawn per seed/epoch/batch); auto: on for CUDA without DDP, off otherwise; the run's config.yaml "
+                f"records the pipeline used {helptext}"))
         else:
             typ = type(default) if default is not None else str
             p.add_argument(flag, type=typ, default=None, help=helptext)
@@ -663,7 +694,8 @@ def _read_config_file(path: str) -> dict:
         data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of TrainConfig fields")
-    data.pop("command", None)  # a config.yaml written by a previous run
+    data.pop("command", None)  # a config.yaml written by a previous run ...
+    data.pop("data_pipeline", None)  # ... records what ran, not a setting
     return data
 
 
