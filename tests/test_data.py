@@ -548,3 +548,37 @@ def test_eval_transforms_normalise_only():
     ds.transform = train_transforms((64, 64), **norm)
     s = ds[1]
     assert s["image"].shape == (3, 64, 64) and s["weight"].shape == (64, 64) and s["name"] == "synthetic-test-0001"
+
+
+def _fake_camvid(root: Path, name: str = "0001TP_006690.png"):
+    """One CamVid test image and its label map under ``root/camvid``."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 12, (12, 16), dtype=np.uint8)  # 11 = void
+    (root / "camvid" / "test").mkdir(parents=True)
+    (root / "camvid" / "testannot").mkdir(parents=True)
+    Image.fromarray(image).save(root / "camvid" / "test" / name)
+    Image.fromarray(labels).save(root / "camvid" / "testannot" / name)
+    return image, labels, name
+
+
+def test_find_ground_truth_by_name_and_content(tmp_path):
+    from workbench.data import find_ground_truth
+
+    image, labels, name = _fake_camvid(tmp_path / "data")
+    expected = np.where(labels == 11, IGNORE_INDEX, labels)
+    upload = tmp_path / "upload" / name
+    upload.parent.mkdir()
+    upload.write_bytes((tmp_path / "data" / "camvid" / "test" / name).read_bytes())  # Gradio's copy: same bytes
+    np.testing.assert_array_equal(find_ground_truth(upload, image, tmp_path / "data"), expected)
+
+    Image.fromarray(image).save(upload, compress_level=0)  # same pixels, other bytes: still found
+    assert upload.read_bytes() != (tmp_path / "data" / "camvid" / "test" / name).read_bytes()
+    np.testing.assert_array_equal(find_ground_truth(upload, image, tmp_path / "data"), expected)
+
+    other = image.copy()
+    other[0, 0] ^= 1  # a user's own file that shares the name gets nobody's labels
+    Image.fromarray(other).save(upload)
+    assert find_ground_truth(upload, other, tmp_path / "data") is None
+    assert find_ground_truth(tmp_path / "upload" / "elsewhere.png", image, tmp_path / "data") is None
+    assert find_ground_truth(None, image, tmp_path / "data") is None

@@ -342,3 +342,42 @@ def test_colorize_and_palette_image_with_more_than_256_classes():
     expected = np.array(colors, np.uint8)[labels]
     np.testing.assert_array_equal(viz.colorize(labels, colors), expected)
     np.testing.assert_array_equal(np.asarray(viz.palette_image(labels, colors)), expected)
+
+
+@pytest.mark.parametrize("n_maps", [1, 2, 3, 7, 16, 17])
+def test_disagreement_fast_paths_match_the_definition(n_maps):
+    """Counting distinct labels by pairwise comparison (<= 16 maps) or by sorting (more) gives
+    the definition: the size of the set of labels at each pixel."""
+    rng = np.random.default_rng(n_maps)
+    maps = [rng.integers(0, 4, (9, 11)).astype(np.uint8) for _ in range(n_maps)]
+    n, agreement = viz.disagreement(maps)
+    expected = np.array([[len({int(m[y, x]) for m in maps}) for x in range(11)] for y in range(9)])
+    np.testing.assert_array_equal(n, expected)
+    assert agreement == pytest.approx((expected == 1).mean())
+    with pytest.raises(ValueError, match="differ in shape"):
+        viz.disagreement([maps[0], maps[0][:3]])
+
+
+def test_disagreement_image_and_error_map_match_their_formulas():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    n_models = 5
+    n = rng.integers(1, n_models + 1, (20, 30))
+    out = viz.disagreement_image(image, n, n_models).astype(int)
+    background = 0.35 * image.mean(-1) + 90
+    t = ((n - 1) / (n_models - 1))[..., None]
+    color = (1 - t) * np.array([255, 210, 0]) + t * np.array([230, 20, 20])
+    expected = np.where((n > 1)[..., None], 0.25 * background[..., None] + 0.75 * color, background[..., None])
+    assert np.abs(out - expected.astype(np.uint8)).max() <= 1  # integer grey: at most one level of rounding
+    assert viz.disagreement_image(image[..., 0], n, n_models).shape == (20, 30, 3)  # grey input
+
+    pred, target = rng.integers(0, 3, (20, 30)), rng.integers(0, 3, (20, 30))
+    target[::4] = 255
+    base = viz.dimmed(image)
+    np.testing.assert_array_equal(base[..., 0], (image.astype(int).sum(-1) * 2) // 15)
+    expected = np.where((pred != target)[..., None], [235, 30, 30], base)
+    expected = np.where((target == 255)[..., None], [20, 20, 70], expected)
+    np.testing.assert_array_equal(viz.error_map(pred, target, ignore_index=255, base=base), expected)
+    np.testing.assert_array_equal(viz.error_map(pred, target, image, ignore_index=255), expected)
+    with pytest.raises(ValueError, match="differ in shape"):
+        viz.error_map(pred[:3], target)

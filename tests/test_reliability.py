@@ -292,3 +292,22 @@ def test_gradio_image_cache_writes_atomically_and_reuses_copies(tmp_path):
     assert np.array_equal(np.asarray(Image.open(first)), img)
     assert [p.name for p in Path(first).parent.iterdir()] == [Path(first).name]  # no temporary files left
     assert os.stat(first).st_mtime_ns >= mtime
+
+
+def test_gradio_image_cache_png_is_lossless_and_keeps_the_palette(tmp_path):
+    """The cache writes PNGs with fast compression: still lossless, palette masks stay palette images."""
+    import app  # noqa: F401
+    from gradio import processing_utils as pu
+
+    from workbench import viz
+    from workbench.classes import CAMVID_CLASSES
+
+    labels = np.random.default_rng(0).integers(0, 12, (30, 50)).astype(np.uint8)
+    mask = viz.palette_image(labels, CAMVID_CLASSES)
+    back = Image.open(pu.save_pil_to_cache(mask, str(tmp_path), format="png"))
+    assert back.mode == "P" and np.array_equal(np.asarray(back), labels)
+    assert np.array_equal(np.asarray(back.convert("RGB")), viz.colorize(labels, CAMVID_CLASSES))
+    rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(pu.save_pil_to_cache(Image.fromarray(rgb), str(tmp_path), format="png"))), rgb)
+    jpeg = Image.open(pu.save_pil_to_cache(Image.fromarray(rgb), str(tmp_path), format="jpeg"))
+    assert jpeg.format == "JPEG" and jpeg.size == (30, 20)

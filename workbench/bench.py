@@ -348,6 +348,7 @@ def _encode_outputs(outputs, components) -> float:
     import gradio as gr
     import numpy as np
     from gradio import processing_utils
+    from PIL import Image
 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -355,6 +356,8 @@ def _encode_outputs(outputs, components) -> float:
             value = value.get("value") if isinstance(value, dict) else value
             if isinstance(comp, gr.Image) and isinstance(value, np.ndarray):
                 processing_utils.save_img_array_to_cache(value, tmp, format=comp.format)
+            elif isinstance(comp, gr.Image) and isinstance(value, Image.Image):  # the palette masks
+                processing_utils.save_pil_to_cache(value, tmp, format=comp.format)
     return (time.perf_counter() - t) * 1e3
 
 

@@ -319,16 +319,23 @@ def checkerboard_score(x: np.ndarray | torch.Tensor, stride: int = 2) -> float:
     h, w = a.shape[1] - a.shape[1] % s, a.shape[2] - a.shape[2] % s
     if h == 0 or w == 0:
         raise ValueError(f"the map {a.shape[1:]} is smaller than the stride {s}")
+    if not a.flags.c_contiguous:  # e.g. channels-last logits: one whole-array copy beats a strided copy per channel 3x
+        a = np.ascontiguousarray(a)
     raw = fluct = lattice = 0.0
     n = h * w
     per_phase = n // (s * s)
-    for channel in a:  # one (h, w) channel at a time; float32 data, float64 sums
+    for channel in a:  # one (h, w) channel at a time
         c = np.ascontiguousarray(channel[:h, :w], dtype=np.float32)
-        mean = float(c.sum(dtype=np.float64)) / n
-        sq = float(np.square(c).sum(dtype=np.float64))
-        raw += sq
-        fluct += max(0.0, sq - n * mean * mean)  # sum of (c - mean)^2
         phase_sums = c.reshape(h // s, s, w // s, s).sum(axis=0).sum(axis=1, dtype=np.float64)  # (s, s): sum of c[p::s, q::s]
+        mean = float(phase_sums.sum()) / n
+        flat = c.ravel()
+        sq = float(np.dot(flat, flat))  # BLAS, float32 accumulation: relative error ~1e-6
+        spread = sq - n * mean * mean  # sum of (c - mean)^2 ...
+        if n * mean * mean > 16.0 * max(spread, 0.0):  # ... unless the mean dominates (cancellation): centre first
+            d = flat - np.float32(mean)
+            spread = float(np.dot(d, d))
+        raw += sq
+        fluct += max(0.0, spread)
         phase_means = phase_sums / per_phase - mean
         lattice += per_phase * float(np.square(phase_means).sum())
     if fluct == 0.0 or fluct <= 1e-9 * raw or lattice == 0.0:
