@@ -406,17 +406,26 @@ def end_to_end_latency(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict
     return {"start_to_first_answer_s": first_answer, "request_p50_ms": statistics.median(times), "request_max_ms": max(times), "archs": list(archs)}
 
 
-def request_to_markdown(prof: dict, e2e: dict | None) -> str:
-    lines = [f"Whole Compare request for {len(prof['archs'])} architectures ({', '.join(prof['archs'])}) on {Path(prof['image']).name}, median of repeats:", "", "| stage | ms | share |", "| --- | ---: | ---: |"]
-    total = prof["total_ms"]
-    for k, v in prof["stages_ms"].items():
-        if k == "handler total":
-            continue
-        lines.append(f"| {k} | {v:.1f} | {100 * v / total:.1f}% |")
-    lines.append(f"| **total (handler + encoding)** | **{total:.0f}** | |")
+def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None) -> str:
+    """The stage table: the CamVid example (ground truth: scores and error maps too) and, if given, the
+    same pixels as a user's own upload (no ground truth, so no scores or error maps)."""
+    profs = [("CamVid example", prof)] + ([("own upload", upload)] if upload else [])
+    head = " | ".join(f"{name} ms | share" for name, _ in profs)
+    lines = [
+        f"Whole Compare request for {len(prof['archs'])} architectures ({', '.join(prof['archs'])}) on {Path(prof['image']).name}, median of repeats"
+        + ("; 'own upload' is the same pixels under another file name, so no ground truth is found:" if upload else ":"),
+        "",
+        f"| stage | {head} |",
+        "| --- |" + " ---: | ---: |" * len(profs),
+    ]
+    stages = list(dict.fromkeys(k for _, p in profs for k in p["stages_ms"] if k != "handler total"))
+    for k in stages:
+        cells = [(f"{p['stages_ms'][k]:.1f} | {100 * p['stages_ms'][k] / p['total_ms']:.1f}%" if k in p["stages_ms"] else "- | -") for _, p in profs]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("| **total (handler + encoding)** | " + " | ".join(f"**{p['total_ms']:.0f}** | " for _, p in profs) + "|")
     lines.append("")
     lines.append("Network time per model (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["per_model_forward_ms"].items()))
-    lines.append(f"App overhead (everything but the networks): {100 * prof['overhead_share']:.1f}% of the request.")
+    lines.append("App overhead (everything but the networks): " + "; ".join(f"{name} **{100 * p['overhead_share']:.1f}%**" for name, p in profs) + " of the request.")
     if e2e:
         lines.append(
             f"Served app through gradio_client: start to first answered request {e2e['start_to_first_answer_s']:.1f} s; "
@@ -513,10 +522,16 @@ def main(args) -> int:
         image = args.image or next(iter(sorted((resolve_data_root() / "camvid" / "test").glob("*.png"))), None)
         if image is None:
             raise FileNotFoundError("no --image given and no CamVid test image under the data root")
+        import shutil
+        import tempfile
+
         prof = profile_request(str(image), tuple(args.arch or CLASSIC), repeats=args.repeats)
+        with tempfile.TemporaryDirectory() as tmp:  # the same pixels as a user's own file: no ground truth
+            own = shutil.copyfile(image, Path(tmp) / f"upload{Path(image).suffix}")
+            upload = profile_request(str(own), tuple(args.arch or CLASSIC), repeats=args.repeats)
         e2e = end_to_end_latency(str(image), tuple(args.arch or CLASSIC), repeats=args.repeats)
-        result = {"machine": machine_description(), "profile": prof, "end_to_end": e2e}
-        md = request_to_markdown(prof, e2e)
+        result = {"machine": machine_description(), "profile": prof, "profile_upload": upload, "end_to_end": e2e}
+        md = request_to_markdown(prof, e2e, upload)
     elif args.encoders:
         result = run_encoder_bench(repeats=args.repeats)
         md = encoders_to_markdown(result)

@@ -1,0 +1,65 @@
+"""`workbench bench`: the figures it reports are computed, consistent and tabulated (small sizes; no timing targets)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench import bench
+from workbench.analysis import count_parameters
+from workbench.registry import create_model
+
+
+def test_run_bench_rows_and_reference_are_consistent():
+    result = bench.run_bench(["fcn8s", "unet"], size=(64, 96), repeats=3, warmup=1, memory=False, batch=2)
+    assert [r["architecture"] for r in result["rows"]] == ["fcn8s", "unet"]
+    for row in result["rows"]:
+        assert row["params"] == count_parameters(create_model(row["architecture"], num_classes=11))
+        assert row["gflops"] > 0 and row["latency_p90_ms"] >= row["latency_p50_ms"] > 0
+        assert row["speedup_vs_fp32_eager"] == pytest.approx(row["latency_fp32_eager_p50_ms"] / row["latency_p50_ms"])
+        assert row["achieved_gflop_s"] == pytest.approx(row["gflops"] / (row["latency_p50_ms"] / 1e3))
+        assert row["share_of_peak"] == pytest.approx(row["achieved_gflop_s"] / result["matmul_peak_gflop_s"][result["precision"]])
+    ref = result["reference"]
+    unet = result["rows"][1]
+    assert ref["model"].startswith("smp.Unet") and ref["unet_speedup_vs_smp"] == pytest.approx(ref["latency_p50_ms"] / unet["latency_p50_ms"])
+    md = bench.to_markdown(result)
+    assert "| fcn8s |" in md and "| unet |" in md and "smp.Unet" in md
+
+
+def test_request_profile_with_and_without_ground_truth(tmp_path, image_factory):
+    """The request profile splits the handler into stages whose sum is the handler's time; an upload
+    without ground truth has no scoring stage; the table shows both side by side."""
+    image = tmp_path / "photo.png"
+    image_factory(96, 64).save(image)
+    prof = bench.profile_request(str(image), ("fcn8s", "naive"), repeats=2)
+    stages = prof["stages_ms"]
+    assert {"decode", "network", "colorize, overlay, error maps, legends", "image encoding (Gradio)"} <= set(stages)
+    assert "scores vs ground truth" not in stages  # not a CamVid image
+    assert set(prof["per_model_forward_ms"]) == {"fcn8s", "naive"}
+    parts = sum(v for k, v in stages.items() if k not in ("handler total", "image encoding (Gradio)"))
+    assert parts <= stages["handler total"] * 1.05  # the stages are parts of the handler (5%: clock granularity)
+    assert prof["total_ms"] == pytest.approx(stages["handler total"] + stages["image encoding (Gradio)"])
+    assert prof["overhead_share"] == pytest.approx(1 - stages["network"] / prof["total_ms"])
+    assert 0 < prof["overhead_share"] < 1
+    copy = shutil.copyfile(image, tmp_path / "upload.png")
+    other = bench.profile_request(str(copy), ("fcn8s", "naive"), repeats=1)
+    md = bench.request_to_markdown(prof, {"start_to_first_answer_s": 1.0, "request_p50_ms": 10.0, "request_max_ms": 12.0}, other)
+    assert "| stage | CamVid example ms | share | own upload ms | share |" in md
+    assert f"**{100 * prof['overhead_share']:.1f}%**" in md and "start to first answered request 1.0 s" in md
+
+
+def test_encode_outputs_counts_palette_masks(monkeypatch):
+    """Gradio encodes the palette masks (PIL images) too: the request's encoding stage must include them."""
+    import gradio as gr
+    from gradio import processing_utils
+
+    saved = []
+    monkeypatch.setattr(processing_utils, "save_pil_to_cache", lambda img, cache_dir, name="image", format="webp": saved.append((img.mode, format)))
+    mask = Image.fromarray(np.zeros((36, 48), np.uint8), "P")
+    overlay = np.zeros((36, 48, 3), np.uint8)
+    components = [gr.Image(format="png"), gr.Image(format="jpeg"), gr.Markdown()]
+    assert bench._encode_outputs([mask, overlay, "text"], components) >= 0
+    assert saved == [("P", "png"), ("RGB", "jpeg")]
