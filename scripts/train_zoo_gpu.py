@@ -1,0 +1,102 @@
+"""Train several zoo architectures at once on one GPU, within a wall-clock budget, with `workbench train`.
+
+The GPU recipe: the CPU recipe of scripts/train_zoo.sh (AdamW 1e-3, poly, batch 8, median-frequency class
+weights, random scale 0.5-2, flips, colour jitter) at full resolution (crops of 352x480, the largest
+multiple of 32 inside CamVid's 360x480), with the training split kept on the GPU (--data-on-device).
+Small models leave an H200 mostly idle, so the jobs run concurrently, one process each. The number of
+epochs is chosen by measurement: every job first runs 2 epochs together with the others, the second
+epoch's time gives the rate, and each job gets the epochs that fit the remaining budget (rounded down to
+a multiple of the validation interval). Each run's manifest records the exact command, so a run is
+reproduced with plain `workbench train` and that command, on any machine.
+
+    python scripts/train_zoo_gpu.py --budget 540 --jobs residual_unet dilated --runs runs/gpu --export OUT
+
+--export writes each run's best (val) checkpoint as fp16 safetensors + manifest into OUT; evaluate them on
+the original test split with `workbench eval ... --split test --update-manifests` (scripts/publish_zoo.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPE = ["--dataset", "camvid", "--crop", "352", "480", "--scale", "0.5", "2.0", "--batch-size", "8",
+          "--lr", "1e-3", "--class-weights", "median", "--workers", "1", "--data-on-device", "on",
+          "--save-every-steps", "500"]
+JOBS = {
+    "fcn32s": ["--arch", "fcn32s"],
+    "fcn16s": ["--arch", "fcn16s"],
+    "fcn8s": ["--arch", "fcn8s"],
+    "unet": ["--arch", "unet"],
+    "residual_unet": ["--arch", "residual_unet"],
+    "dilated": ["--arch", "dilated"],
+    "deeplabv3plus": ["--arch", "deeplabv3plus"],
+    "smp_unet": ["--arch", "smp_unet"],
+    "tiramisu": ["--arch", "tiramisu", "--model-kwargs", '{"variant": "fc_densenet56"}'],
+}
+
+
+def _train(name: str, runs: Path, extra: list[str], timeout: float | None = None) -> subprocess.Popen:
+    out = runs / f"camvid_{name}"
+    cmd = [sys.executable, "-m", "workbench", "train", *JOBS[name], *RECIPE, *extra, "--out", str(out)]
+    log = open(runs / f"camvid_{name}.log", "a")
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    if timeout is not None:
+        cmd = ["timeout", "--signal=INT", f"{int(timeout)}", *cmd]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _epoch_times(run: Path) -> list[float]:
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return [r["epoch_time_s"] for r in rows if "epoch_time_s" in r]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", nargs="+", required=True, choices=sorted(JOBS))
+    p.add_argument("--budget", type=float, required=True, help="seconds for everything, calibration included")
+    p.add_argument("--runs", type=Path, default=Path("runs/gpu"))
+    p.add_argument("--val-every", type=int, default=10)
+    p.add_argument("--max-epochs", type=int, default=1000)
+    p.add_argument("--export", type=Path, default=None)
+    a = p.parse_args()
+    t0 = time.monotonic()
+    a.runs.mkdir(parents=True, exist_ok=True)
+    calib = a.runs / "_calibration"
+    calib.mkdir(exist_ok=True)
+    procs = {n: _train(n, calib, ["--epochs", "2", "--val-every", "1000"]) for n in a.jobs}
+    for n, pr in procs.items():
+        if pr.wait() != 0:
+            sys.exit(f"calibration of {n} failed: see {calib}/camvid_{n}.log")
+    spent = time.monotonic() - t0
+    left = a.budget - spent - 45  # export and the last validation
+    plan = {}
+    for n in a.jobs:
+        t_epoch = _epoch_times(calib / f"camvid_{n}")[-1]
+        epochs = int(left / (t_epoch * 1.12))  # validation every val_every epochs + slack
+        epochs = max(a.val_every, min(a.max_epochs, epochs - epochs % a.val_every))
+        plan[n] = {"epoch_s": round(t_epoch, 2), "epochs": epochs}
+    print(f"calibration took {spent:.0f} s; plan: {json.dumps(plan)}", flush=True)
+    procs = {n: _train(n, a.runs, ["--epochs", str(plan[n]["epochs"]), "--val-every", str(a.val_every)],
+                       timeout=a.budget - (time.monotonic() - t0) - 30) for n in a.jobs}
+    for n, pr in procs.items():
+        rc = pr.wait()
+        t = _epoch_times(a.runs / f"camvid_{n}")
+        print(f"{n}: exit {rc}, {len(t)} epochs, {sum(t):.0f} s of epochs", flush=True)
+    if a.export:
+        a.export.mkdir(parents=True, exist_ok=True)
+        for n in a.jobs:
+            best = a.runs / f"camvid_{n}" / "best.json"
+            if best.is_file():
+                subprocess.run([sys.executable, "-m", "workbench", "export", str(best), str(a.export / f"camvid_{n}")])
+    print(f"total {time.monotonic() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
