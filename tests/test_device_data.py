@@ -252,7 +252,7 @@ def test_trainer_two_steps_on_the_device_loader(tmp_path):
     assert json.loads((run / "last.json").read_text())["training"]["data_pipeline"] == "device"
     again = config_from_args(build_parser().parse_args(["--config", str(run / "config.yaml")]))
     assert again == trainer.cfg  # the recorded pipeline is not a config field
-    off = Trainer(_train_cfg(tmp_path / "off", data_on_device="auto"))  # CPU: auto is the DataLoader
+    off = Trainer(_train_cfg(tmp_path / "off", data_on_device="auto", device="cpu"))  # CPU: auto is the DataLoader
     assert off.data_pipeline == "dataloader" and not isinstance(off.loader, Loader)
 
 

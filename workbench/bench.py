@@ -141,7 +141,8 @@ def run_bench(names: list[str] | None = None, *, size=(360, 480), num_classes: i
         if flops:
             row["gflops"] = count_flops(model, size) / 1e9
         eager = _stats(time_model(model, x1, dev, "fp32", warmup=warmup, repeats=max(3, repeats // 2), channels_last=False))
-        fast_model, info = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
+        # time_model moved the model to the device; the fast path is built from it on the CPU
+        fast_model, info = optimize_for_inference(model.cpu(), torch.randn(1, 3, 64, 64))
         fast = _stats(time_model(fast_model, x1, dev, prec, warmup=warmup, repeats=repeats))
         tb = time_model(fast_model, xb, dev, prec, warmup=1, repeats=max(2, repeats // 3))
         row.update(
