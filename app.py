@@ -215,7 +215,7 @@ def _card_header(name: str, latency_ms: float | None = None, error: str | None =
         parts.append(f'<div class="wb-error">Error: {html.escape(error)}</div>')
     else:
         params = zoo().num_parameters(name)
-        cb = f" · checkerboard <b>{scores['checkerboard']:.3f}</b>" if scores and "checkerboard" in scores else ""
+        cb = f" · checkerboard <b>{scores['checkerboard']:.2e}</b>" if scores and "checkerboard" in scores else ""
         parts.append(f'<div class="wb-stats">latency <b class="wb-latency">{latency_ms:.0f} ms</b> · {params / 1e6:.2f} M parameters{cb}</div>')
         if scores and "miou" in scores:
             parts.append(f'<div class="wb-stats">on this image: mIoU <b>{100 * scores["miou"]:.1f}</b> · pixel accuracy <b>{100 * scores["accuracy"]:.1f}</b> (classes present)</div>')
@@ -695,8 +695,8 @@ def lab_trained(image_path: str | None) -> tuple[list, list, str]:
         miou = ((man.get("metrics") or {}).get("test") or {}).get("miou")
         cpu = (man.get("cost") or {}).get("cpu_latency_ms")
         score = lab.checkerboard_score(pred.probs_work, 2)
-        gallery.append((viz.colorize(pred.labels, pred.classes), f"{method} · test mIoU {'-' if miou is None else f'{100 * miou:.1f}'} · checkerboard {score:.4f}"))
-        table.append([path.stem, method, "-" if miou is None else f"{100 * miou:.1f}", f"{score:.4f}", f"{pred.latency_ms:.0f}", "-" if cpu is None else f"{cpu:.0f}"])
+        gallery.append((viz.colorize(pred.labels, pred.classes), f"{method} · test mIoU {'-' if miou is None else f'{100 * miou:.1f}'} · checkerboard {score:.2e}"))
+        table.append([path.stem, method, "-" if miou is None else f"{100 * miou:.1f}", f"{score:.2e}", f"{pred.latency_ms:.0f}", "-" if cpu is None else f"{cpu:.0f}"])
     text = (
         f"**{len(variants)} U-Nets identical except for the upsampling method**, trained with one recipe on CamVid "
         "(`scripts/train_upsampling.sh`). Test mIoU and CPU latency at 360x480 come from their manifests (`workbench eval --split "

@@ -660,7 +660,7 @@ def variant_markdown(rows: list[dict], n_images: int) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | `{r['method']}` | {fmt(r['miou'] and 100 * r['miou'], '{:.1f}')} | {fmt(r['checkerboard'], '{:.4f}')} "
+            f"| {r['name']} | `{r['method']}` | {fmt(r['miou'] and 100 * r['miou'], '{:.1f}')} | {fmt(r['checkerboard'], '{:.2e}')} "
             f"| {fmt(r['cpu_latency_ms'], '{:.0f}')} | {fmt(r['num_parameters'] and r['num_parameters'] / 1e6, '{:.2f}')} |"
         )
     return "\n".join(lines) + "\n"
