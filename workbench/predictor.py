@@ -162,7 +162,10 @@ class Predictor:
         norm = normalization or manifest.get("normalization") or default_normalization(self.in_chans)
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32).view(-1, 1, 1)
-        self.precision = resolve_precision(precision, self.device)
+        pinned = (manifest.get("inference") or {}).get("precision") if precision == "auto" else None
+        # a checkpoint whose bf16 labels agree with fp32 on fewer than 99.5% of pixels carries
+        # "inference": {"precision": "fp32"} (scripts/check_bf16_parity.py); "auto" honours it
+        self.precision = pinned if pinned in ("fp32", "bf16", "fp16") else resolve_precision(precision, self.device)
         self.max_side = int(max_side)
         self.num_parameters = int(sum(p.numel() for p in model.parameters()))  # of the model as built, before folding
         if optimize:

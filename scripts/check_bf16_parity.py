@@ -1,0 +1,51 @@
+"""Measure each checkpoint's bf16 fast-path label agreement with fp32 eager and pin fp32 where it is too low.
+
+On every 24th image of the test split (no labels are read: this is a numerical check, not a score; the
+darker test sequences give less confident predictions, hence more near-ties, than val), the app's fast path in bf16 (folded BN, channels_last, bf16
+autocast) is compared with the fp32 eager model. Where fewer than 99.5% of pixels get the same label, the
+manifest gets ``"inference": {"precision": "fp32", ...}``, which ``Predictor(precision="auto")`` (the app)
+honours; the measured agreement is recorded either way.
+
+    python scripts/check_bf16_parity.py checkpoints/camvid_*.json [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import workbench  # noqa: E402
+from workbench.checkpoint import read_manifest  # noqa: E402
+from workbench.paths import resolve_data_root  # noqa: E402
+
+THRESHOLD = 0.995
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("manifests", nargs="+", type=Path)
+    p.add_argument("--write", action="store_true", help="record the result in the manifests")
+    a = p.parse_args()
+    for path in a.manifests:
+        man = read_manifest(path)
+        ds = man["dataset"]["name"]
+        images = sorted((resolve_data_root() / ds / "test").glob("*.png"))[::24]
+        model, _ = workbench.load_checkpoint(path)
+        ref = workbench.Predictor(model, "cpu", precision="fp32", optimize=False)
+        fast = workbench.Predictor(model, "cpu", precision="bf16", optimize=True)
+        agree = [float((ref.predict(i).labels == fast.predict(i).labels).mean()) for i in images]
+        overall = sum(agree) / len(agree)
+        precision = "bf16" if overall >= THRESHOLD else "fp32"
+        print(f"{path.name}: bf16 labels agree with fp32 on {100 * overall:.2f}% of pixels ({len(images)} test images, worst "
+              f"{100 * min(agree):.2f}%) -> {precision}")
+        if a.write:
+            raw = json.loads(path.read_text())
+            raw["inference"] = {"precision": precision, "bf16_label_agreement": round(overall, 5), "threshold": THRESHOLD}
+            path.write_text(json.dumps(raw, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
