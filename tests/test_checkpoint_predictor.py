@@ -340,3 +340,20 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_mistaken_for_a_pi
     torch.save({"w": torch.zeros(2)}, pickled)
     with pytest.raises(workbench.CheckpointError, match="pickle"):
         _check_safetensors(pickled)
+
+
+def test_manifest_pinned_precision_is_honoured_by_auto_only(tiny_model, tmp_path):
+    """A checkpoint that failed the bf16 parity check (scripts/check_bf16_parity.py) carries
+    "inference": {"precision": "fp32"}: precision="auto" (the app) runs it in fp32, an explicit choice wins."""
+    from workbench.checkpoint import load_checkpoint, save_checkpoint
+    from workbench.predictor import Predictor, resolve_precision
+
+    model = tiny_model("unet", 3)
+    path = save_checkpoint(tmp_path / "m", model, {"inference": {"precision": "fp32"}})
+    loaded, manifest = load_checkpoint(path)
+    assert manifest["inference"]["precision"] == "fp32"
+    assert Predictor(loaded, "cpu").precision == "fp32"
+    assert Predictor(path, "cpu").precision == "fp32"
+    assert Predictor(path, "cpu", precision="bf16").precision == "bf16"
+    plain = save_checkpoint(tmp_path / "plain", model)
+    assert Predictor(plain, "cpu").precision == resolve_precision("auto", torch.device("cpu"))

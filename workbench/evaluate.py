@@ -482,7 +482,7 @@ def evaluate_checkpoint(
     from . import __version__
 
     if cost:
-        res["cost"] = model_cost(model, in_chans)
+        res["cost"] = model_cost(model, in_chans, precision=(manifest.get("inference") or {}).get("precision") or "auto")
     out: dict[str, Any] = {
         "checkpoint": str(Path(manifest["_path"])),
         "architecture": manifest["architecture"],
@@ -499,13 +499,14 @@ def evaluate_checkpoint(
     return out
 
 
-def model_cost(model: nn.Module, in_chans: int = 3, size: tuple[int, int] = (360, 480), repeats: int = 10) -> dict[str, Any]:
-    """GFLOPs and latency of one ``size`` image as the app runs it (auto precision, channels_last, CPU)."""
+def model_cost(model: nn.Module, in_chans: int = 3, size: tuple[int, int] = (360, 480), repeats: int = 10, precision: str = "auto") -> dict[str, Any]:
+    """GFLOPs and latency of one ``size`` image as the app runs it (channels_last, CPU; ``precision``: the
+    manifest's pinned ``inference.precision``, else ``auto``)."""
     from .analysis import count_flops
     from .bench import machine_description, time_model
 
     dev = torch.device("cpu")
-    prec = resolve_precision("auto", dev)
+    prec = resolve_precision(precision, dev)
     times = time_model(model, torch.zeros(1, in_chans, *size), dev, prec, warmup=2, repeats=repeats)
     model.to(memory_format=torch.contiguous_format)
     return {
