@@ -1,7 +1,7 @@
-"""Pack CamVid's train and val splits small enough to travel to a remote GPU machine (~33 MB).
+"""Pack CamVid's train and val splits small enough to travel to a remote GPU machine (42 MB).
 
 Images are re-encoded as JPEG quality 95 with 4:4:4 chroma (lossy, visually identical: mean absolute
-difference about 1 grey level), label maps are copied byte for byte. The packed folder has no list files,
+difference 1.3 grey levels), label maps are copied byte for byte. The packed folder has no list files,
 so ``workbench`` pairs ``<split>/<stem>.jpg`` with ``<split>annot/<stem>.png`` by name. Models trained on
 the pack are evaluated on the original PNG test split here (``workbench eval``), never on the pack.
 

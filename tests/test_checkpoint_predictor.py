@@ -357,3 +357,5 @@ def test_manifest_pinned_precision_is_honoured_by_auto_only(tiny_model, tmp_path
     assert Predictor(path, "cpu", precision="bf16").precision == "bf16"
     plain = save_checkpoint(tmp_path / "plain", model)
     assert Predictor(plain, "cpu").precision == resolve_precision("auto", torch.device("cpu"))
+    passed = save_checkpoint(tmp_path / "passed", model, {"inference": {"precision": "auto", "bf16_label_agreement": 0.999}})
+    assert Predictor(passed, "cpu").precision == resolve_precision("auto", torch.device("cpu"))  # only an fp32 pin restricts "auto"

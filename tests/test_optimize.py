@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import workbench
-from workbench.optimize import find_conv_bn_pairs, fold_conv_bn, optimize_for_inference
+from workbench.optimize import find_conv_bn_pairs, fold_conv_bn, label_agreement, optimize_for_inference
 from conftest import make_tiny_model
 
 ARCHS = workbench.list_architectures()
@@ -101,9 +101,8 @@ def test_bf16_fast_path_agrees_with_fp32_eager_on_trained_weights():
     images = sorted(folder.glob("*.png"))[::24]  # 10 images across the test sequences
     for path in shipped:
         model, _ = workbench.load_checkpoint(path)
-        ref = workbench.Predictor(model, "cpu", precision="fp32", optimize=False)
-        fast = workbench.Predictor(model, "cpu", precision="auto", optimize=True)  # the app's choice: bf16 unless the manifest pins fp32 (scripts/check_bf16_parity.py)
-        per_image = {img.name: (ref.predict(img).labels == fast.predict(img).labels).mean() for img in images}
+        # the app's choice: bf16 unless the manifest pins fp32 (scripts/check_bf16_parity.py)
+        per_image = dict(zip((img.name for img in images), label_agreement(model, images, precision="auto")))
         overall = sum(per_image.values()) / len(per_image)  # all images have the same size
         assert overall >= 0.995, f"{path.name}: {100 * overall:.2f}% of pixels agree"
         worst = min(per_image, key=per_image.get)

@@ -47,7 +47,7 @@ import torch.nn as nn
 from .classes import IGNORE_INDEX, default_normalization
 from .metrics import ConfusionMatrix, foreground_iou, pixel_error, rand_scores, segmentation_metrics
 from .model import MIN_INPUT_SIZE
-from .predictor import autocast_context, resolve_device, resolve_precision
+from .predictor import autocast_context, checkpoint_precision, resolve_device, resolve_precision
 
 __all__ = [
     "EvaluationError",
@@ -482,7 +482,7 @@ def evaluate_checkpoint(
     from . import __version__
 
     if cost:
-        res["cost"] = model_cost(model, in_chans, precision=(manifest.get("inference") or {}).get("precision") or "auto")
+        res["cost"] = model_cost(model, in_chans, precision=checkpoint_precision(manifest, "auto", torch.device("cpu")))
     out: dict[str, Any] = {
         "checkpoint": str(Path(manifest["_path"])),
         "architecture": manifest["architecture"],
@@ -500,8 +500,8 @@ def evaluate_checkpoint(
 
 
 def model_cost(model: nn.Module, in_chans: int = 3, size: tuple[int, int] = (360, 480), repeats: int = 10, precision: str = "auto") -> dict[str, Any]:
-    """GFLOPs and latency of one ``size`` image as the app runs it (channels_last, CPU; ``precision``: the
-    manifest's pinned ``inference.precision``, else ``auto``)."""
+    """GFLOPs and latency of one ``size`` image as the app runs it (channels_last, CPU, ``precision``:
+    what :func:`~workbench.predictor.checkpoint_precision` gives the app for the checkpoint)."""
     from .analysis import count_flops
     from .bench import machine_description, time_model
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["find_conv_bn_pairs", "fold_conv_bn", "optimize_for_inference"]
+__all__ = ["find_conv_bn_pairs", "fold_conv_bn", "optimize_for_inference", "label_agreement"]
 
 
 @torch.no_grad()
@@ -115,3 +115,14 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, *, fold: boo
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, info
+
+
+def label_agreement(model: nn.Module, images, precision: str = "bf16", device: str = "cpu") -> list[float]:
+    """Per image (paths or PIL images), the share of pixels where the app's fast path (folded BN,
+    channels_last, ``precision``; ``"auto"`` honours a manifest's pinned fp32) gives the label of the
+    fp32 eager model: the numerical-parity measure of scripts/check_bf16_parity.py and tests/test_optimize.py."""
+    from .predictor import Predictor
+
+    ref = Predictor(model, device, precision="fp32", optimize=False)
+    fast = Predictor(model, device, precision=precision, optimize=True)
+    return [float((ref.predict(im).labels == fast.predict(im).labels).mean()) for im in images]

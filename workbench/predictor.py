@@ -25,7 +25,7 @@ from .classes import default_classes, default_normalization
 from .imageio import load_image
 from .model import MIN_INPUT_SIZE
 
-__all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "autocast_context"]
+__all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "checkpoint_precision", "autocast_context"]
 
 DEFAULT_MAX_SIDE = 1024  # working size: the longer side is resized down to this
 
@@ -53,6 +53,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def checkpoint_precision(manifest: dict, precision: str, device: torch.device) -> str:
+    """``resolve_precision``, except that ``"auto"`` gives fp32 for a checkpoint whose manifest pins
+    ``"inference": {"precision": "fp32"}`` (its bf16 labels agree with fp32 on fewer than 99.5% of pixels:
+    scripts/check_bf16_parity.py). An explicit precision always wins."""
+    if precision == "auto" and (manifest.get("inference") or {}).get("precision") == "fp32":
+        return "fp32"
+    return resolve_precision(precision, device)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -162,10 +171,7 @@ class Predictor:
         norm = normalization or manifest.get("normalization") or default_normalization(self.in_chans)
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32).view(-1, 1, 1)
-        pinned = (manifest.get("inference") or {}).get("precision") if precision == "auto" else None
-        # a checkpoint whose bf16 labels agree with fp32 on fewer than 99.5% of pixels carries
-        # "inference": {"precision": "fp32"} (scripts/check_bf16_parity.py); "auto" honours it
-        self.precision = pinned if pinned in ("fp32", "bf16", "fp16") else resolve_precision(precision, self.device)
+        self.precision = checkpoint_precision(manifest, precision, self.device)
         self.max_side = int(max_side)
         self.num_parameters = int(sum(p.numel() for p in model.parameters()))  # of the model as built, before folding
         if optimize:
