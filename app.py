@@ -23,6 +23,7 @@ except ImportError:
 import gradio as gr
 import numpy as np
 import torch
+from PIL import Image
 
 import workbench
 from workbench import lab, viz
@@ -147,8 +148,6 @@ def example_images(n: int = 4) -> list[str]:
 def synthetic_example() -> str:
     """Write (once) and return a 360x480 synthetic example image."""
     import tempfile
-
-    from PIL import Image
 
     from workbench.data import synthetic_sample
 
@@ -363,6 +362,15 @@ def warm_examples(paths: list[str], archs: list[str]) -> threading.Thread:
     return thread
 
 
+def fast_png(image: Image.Image) -> Image.Image:
+    """Ask Gradio's PNG save for zlib level 1 (Pillow reads ``encoderinfo`` as save options).
+
+    On a label map that is 4x faster to encode than the default level (0.27 vs 1.1 ms at
+    360x480) for a file about 40% larger (9 vs 6 KB)."""
+    image.encoderinfo = {"compress_level": 1}
+    return image
+
+
 CARD_FIELDS = 6  # per architecture: column (visibility), header, mask, overlay, error map, legend
 
 
@@ -379,7 +387,7 @@ def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np
             out += [gr.update(visible=True), _card_header(name, error=res["error"]), None, None, gr.update(value=None, visible=False), ""]
             continue
         classes = zoo().predictor(name).classes
-        mask = viz.palette_image(res["labels"], classes)  # PNG-encodes 5x faster than an RGB array
+        mask = fast_png(viz.palette_image(res["labels"], classes))  # a palette image PNG-encodes 5x faster than an RGB array
         over = viz.overlay(image, viz.colorize(res["labels"], classes), opacity)
         legend = viz.legend_html(classes, present=viz.present_labels(res["labels"], len(classes)))
         err = viz.error_map(res["labels"], gt, ignore_index=IGNORE_INDEX, base=base) if base is not None and "miou" in res else None
@@ -414,7 +422,7 @@ def compare(image_path: str | None, archs: list[str], opacity: float, timings: d
     with _clock(timings, "disagreement map"):
         dis_img, dis_text = disagreement_outputs(image, results)
     with _clock(timings, "colorize, overlay, error maps, legends"):
-        gt_img = viz.palette_image(gt, zoo().predictor(archs[0]).classes) if gt is not None else None
+        gt_img = fast_png(viz.palette_image(gt, zoo().predictor(archs[0]).classes)) if gt is not None else None
         cards = render_cards(image, results, opacity, gt)
     state = {"image": image, "results": results, "gt": gt}
     return [*cards, dis_img, dis_text, gr.update(value=gt_img, visible=gt_img is not None), state]

@@ -180,7 +180,7 @@ DATA = __import__("workbench.paths", fromlist=["resolve_data_root"]).resolve_dat
 
 
 @pytest.mark.data
-def test_camvid_example_gets_ground_truth_error_maps_and_scores():
+def test_camvid_example_gets_ground_truth_error_maps_and_scores(tmp_path):
     if not (DATA / "camvid" / "test").is_dir():
         pytest.skip(f"CamVid not found under {DATA}: set WORKBENCH_DATA_ROOT")
     path = app.example_images(1)[0]
@@ -197,6 +197,13 @@ def test_camvid_example_gets_ground_truth_error_maps_and_scores():
     colors = np.array([c["color"] for c in __import__("workbench.classes", fromlist=["CAMVID_CLASSES"]).CAMVID_CLASSES])
     assert (gt_rgb[labels == 3] == colors[3]).all()  # road pixels drawn in road colour
     assert (gt_rgb[labels == 11] == 0).all()  # void in black
+    # what Gradio writes (fast zlib level) decodes to the same picture
+    from gradio import processing_utils
+
+    for shown in (gt["value"], cards["fcn8s"][2]):
+        assert shown.encoderinfo == {"compress_level": 1}
+        written = processing_utils.save_pil_to_cache(shown, str(tmp_path), format="png")
+        np.testing.assert_array_equal(np.asarray(Image.open(written).convert("RGB")), np.asarray(shown.convert("RGB")))
 
 
 def test_leaderboard_always_shows_the_published_anchors_marked_as_such():

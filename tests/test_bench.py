@@ -46,9 +46,10 @@ def test_request_profile_with_and_without_ground_truth(tmp_path, image_factory):
     assert 0 < prof["overhead_share"] < 1
     copy = shutil.copyfile(image, tmp_path / "upload.png")
     other = bench.profile_request(str(copy), ("fcn8s", "naive"), repeats=1)
-    md = bench.request_to_markdown(prof, {"start_to_first_answer_s": 1.0, "request_p50_ms": 10.0, "request_max_ms": 12.0}, other)
+    md = bench.request_to_markdown(prof, {"start_to_first_answer_s": 1.0, "request_p50_ms": 10.0, "request_max_ms": 12.0, "answer_p50_ms": 7.0}, other)
     assert "| stage | CamVid example ms | share | own upload ms | share |" in md
     assert f"**{100 * prof['overhead_share']:.1f}%**" in md and "start to first answered request 1.0 s" in md
+    assert "p50 10 ms (max 12 ms), of which the answer without the client downloading" in md and "is 7 ms (p50)" in md
 
 
 def test_encode_outputs_counts_palette_masks(monkeypatch):

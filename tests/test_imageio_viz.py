@@ -374,10 +374,12 @@ def test_disagreement_image_and_error_map_match_their_formulas():
     pred, target = rng.integers(0, 3, (20, 30)), rng.integers(0, 3, (20, 30))
     target[::4] = 255
     base = viz.dimmed(image)
-    np.testing.assert_array_equal(base[..., 0], (image.astype(int).sum(-1) * 2) // 15)
-    expected = np.where((pred != target)[..., None], [235, 30, 30], base)
+    np.testing.assert_array_equal(base, (image.astype(int).sum(-1) * 2) // 15)
+    expected = np.where((pred != target)[..., None], [235, 30, 30], base[..., None])
     expected = np.where((target == 255)[..., None], [20, 20, 70], expected)
     np.testing.assert_array_equal(viz.error_map(pred, target, ignore_index=255, base=base), expected)
     np.testing.assert_array_equal(viz.error_map(pred, target, image, ignore_index=255), expected)
     with pytest.raises(ValueError, match="differ in shape"):
         viz.error_map(pred[:3], target)
+    with pytest.raises(ValueError, match="base must be dimmed"):
+        viz.error_map(pred, target, base=np.repeat(base[..., None], 3, axis=-1))

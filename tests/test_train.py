@@ -215,6 +215,41 @@ def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isol
     assert diff < 1e-4 * moved, (float(diff), float(moved))  # same samples, order and augmentation: same result
 
 
+def test_init_from_starts_from_a_checkpoint_and_records_it(tmp_path):
+    from workbench.train import Trainer
+
+    parent = _cfg(tmp_path / "parent", epochs=1, max_steps=3)
+    train(parent, command="parent-command")
+    start = tmp_path / "parent" / "run" / "best.json"
+    child = Trainer(_cfg(tmp_path / "child", epochs=1, max_steps=2, init_from=str(start)), command="child-command")
+    import workbench
+
+    source, _ = workbench.load_checkpoint(start)
+    got = child.model.state_dict()
+    for k, v in source.state_dict().items():
+        assert torch.equal(got[k].float(), v.float()), k  # the run starts from the checkpoint's weights
+    fresh = Trainer(_cfg(tmp_path / "fresh", epochs=1, max_steps=2)).model.state_dict()
+    assert any(not torch.equal(fresh[k], got[k]) for k in got if got[k].is_floating_point())
+    child.fit()
+    manifest = json.loads((tmp_path / "child" / "run" / "best.json").read_text())
+    init = manifest["training"]["init_from"]
+    assert init["checkpoint"] == "best.json" and init["training"]["command"] == "parent-command"
+    assert init["weights_sha256"] == json.loads(start.read_text())["weights"]["sha256"]
+    assert manifest["training"]["command"] == "child-command"
+
+
+def test_init_from_refuses_a_different_network(tmp_path):
+    train(_cfg(tmp_path / "parent", epochs=1, max_steps=1))
+    start = str(tmp_path / "parent" / "run" / "best.json")
+    with pytest.raises(ValueError, match="is a 'unet', this run trains 'fcn8s'"):
+        train(_cfg(tmp_path / "a", arch="fcn8s", init_from=start, max_steps=1))
+    with pytest.raises(ValueError, match="upsample: run 'nearest' vs checkpoint 'transposed_k2'"):
+        train(_cfg(tmp_path / "b", upsample="nearest", init_from=start, max_steps=1))
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ValueError, match="--init-from"):
+        train(_cfg(tmp_path / "c", init_from=str(tmp_path / "junk.json"), max_steps=1))
+
+
 def test_config_file_and_flags(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("arch: fcn8s\nepochs: 7\ncrop: [128, 160]\nmodel_kwargs: {dropout: 0.2}\n")

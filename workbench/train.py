@@ -63,6 +63,7 @@ class TrainConfig:
     encoder: str | None = None  # None: the architecture's default (resnet10t for the classic designs)
     upsample: str | None = None  # None: the architecture's default
     model_kwargs: dict = field(default_factory=dict)  # architecture options, e.g. {"variant": "fc_densenet67"}
+    init_from: str | None = None  # a checkpoint manifest (.json) whose weights start the run (fine-tuning); same architecture and kwargs
     # data
     dataset: str = "camvid"
     data_root: str | None = None  # None: $WORKBENCH_DATA_ROOT, then ../shared/data
@@ -250,6 +251,41 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
+def _comparable_kwargs(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k != "encoder_weights"}  # where the start weights came from is not the model
+
+
+def _init_weights(model: nn.Module, path: str) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model`` (fine-tuning) and return its provenance for the new manifest.
+
+    The checkpoint goes through :func:`load_checkpoint` (safetensors, hash check,
+    shapes). Its architecture and kwargs must equal the run's, so the new
+    checkpoint is the same network trained further; anything else is refused
+    with the differences named.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        source, manifest = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ValueError(f"--init-from {path}: {exc}") from None
+    want, have = model.workbench_config, source.workbench_config
+    if want["architecture"] != have["architecture"]:
+        raise ValueError(f"--init-from {path}: the checkpoint is a {have['architecture']!r}, this run trains {want['architecture']!r}")
+    a, b = _comparable_kwargs(want["kwargs"]), _comparable_kwargs(have["kwargs"])
+    if a != b:
+        diff = ", ".join(f"{k}: run {a.get(k)!r} vs checkpoint {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        raise ValueError(f"--init-from {path}: the checkpoint's {have['architecture']} differs from this run's ({diff}); pass the same --encoder/--upsample/--model-kwargs")
+    model.load_state_dict(source.state_dict(), strict=True)
+    val = ((manifest.get("metrics") or {}).get("val") or {}).get("miou")
+    return {
+        "checkpoint": Path(manifest["_path"]).name,
+        "weights_sha256": manifest["weights"]["sha256"],
+        "val_miou": val,
+        "training": manifest.get("training"),  # the run that made the start weights: command, config, epochs, hardware
+    }
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -367,6 +403,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.arch, num_classes=self.train_set.num_classes, in_chans=self.train_set.in_chans, encoder=cfg.encoder, upsample=cfg.upsample, **cfg.model_kwargs)
         self.model_config = model.workbench_config
+        self.init_from = _init_weights(model, cfg.init_from) if cfg.init_from else None
         if cfg.sync_bn and rt.world > 1:
             if rt.device.type != "cuda":
                 warnings.warn("SyncBatchNorm needs CUDA; training with per-process BatchNorm statistics")
@@ -600,6 +637,7 @@ class Trainer:
                 "precision": self.rt.precision,
                 "data_pipeline": self.data_pipeline,
                 "class_weights": None if self.class_weight_values is None else [round(float(v), 4) for v in self.class_weight_values],
+                **({"init_from": self.init_from} if self.init_from else {}),
             },
         }
         if val is not None:
