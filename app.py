@@ -276,6 +276,7 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
     with _clock(timings, "ground truth lookup"):
         gt = find_ground_truth(image_path, arr)
     results: dict[str, dict] = {}
+    pair_base = None  # ground truth * classes, once per request: + a model's labels = its (true, predicted) confusion bin
     shared: dict = {}  # one decode and normalisation of the image for every model that reads it the same way
     queued = _queue_on_gpu(archs, image, shared) if resolve_device(zoo().device).type == "cuda" else {}
     for i, name in enumerate(archs):
@@ -294,10 +295,10 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
                 res = {"labels": pred.labels, "latency_ms": pred.latency_ms, "checkerboard": lab.checkerboard_score(pred.logits_work, 2)}
             if gt is not None and gt.shape == pred.labels.shape and len(pred.classes) == len(CAMVID_CLASSES):  # the ground truth is CamVid's
                 with _clock(timings, "scores vs ground truth"):
-                    c = len(pred.classes)
-                    pairs = gt.astype(np.intp) * c + pred.labels  # (true, predicted) -> one bin; void -> bin c * c
-                    pairs[gt == IGNORE_INDEX] = c * c
-                    counts = np.bincount(pairs.ravel(), minlength=c * c + 1)[: c * c]
+                    c = len(pred.classes)  # CamVid's 11: every (true, predicted) bin fits in a byte
+                    if pair_base is None:  # void pixels start at bin c * c: their bins are cut off below
+                        pair_base = np.where(gt < c, gt * np.uint8(c), np.uint8(c * c))
+                    counts = np.bincount((pair_base + pred.labels).ravel(), minlength=256)[: c * c]
                     m = segmentation_metrics(torch.from_numpy(counts.reshape(c, c)))
                 res.update(miou=m["miou"], accuracy=m["pixel_accuracy"])
             results[name] = res

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,6 +198,17 @@ def test_camvid_example_gets_ground_truth_error_maps_and_scores(tmp_path):
     colors = np.array([c["color"] for c in __import__("workbench.classes", fromlist=["CAMVID_CLASSES"]).CAMVID_CLASSES])
     assert (gt_rgb[labels == 3] == colors[3]).all()  # road pixels drawn in road colour
     assert (gt_rgb[labels == 11] == 0).all()  # void in black
+    # the per-image scores in the card headers are the ConfusionMatrix's on the same labels (void ignored)
+    from workbench.metrics import ConfusionMatrix
+
+    image, results, truth = app.segment_all(path, ["fcn8s", "naive"])
+    assert (truth == 255).any()  # the image has void pixels: they must not count
+    for name in ("fcn8s", "naive"):
+        cm = ConfusionMatrix(11)
+        cm.update(torch.from_numpy(results[name]["labels"].astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+        ref = cm.compute()
+        assert results[name]["miou"] == pytest.approx(ref["miou"], abs=1e-9)
+        assert results[name]["accuracy"] == pytest.approx(ref["pixel_accuracy"], abs=1e-9)
     # what Gradio writes (fast zlib level) decodes to the same picture
     from gradio import processing_utils
 
