@@ -449,3 +449,17 @@ def test_cli_hub_push(checkpoint, fake_hub, capsys):
     assert fake_hub.repos[0][1]["private"] is True and fake_hub.commits[0]["commit_message"] == "ship it"
     assert cli.main(["hub-push", str(checkpoint.with_name("missing.json")), REPO]) == 2
     assert "error: no manifest missing.json" in capsys.readouterr().err
+
+
+def test_model_card_of_a_fine_tuned_checkpoint_shows_both_commands(checkpoint):
+    manifest = json.loads(checkpoint.with_suffix(".json").read_text())
+    manifest["training"]["command"] = "__main__.py train --arch fcn8s --init-from start.json --epochs 30"
+    manifest["training"]["init_from"] = {
+        "checkpoint": "start.json",
+        "weights_sha256": "ab" * 32,
+        "training": {"command": "__main__.py train --arch fcn8s --epochs 100", "epochs_completed": 100, "hardware": {"cpu": "x", "cuda": "NVIDIA H200"}},
+    }
+    card = hub.model_card(manifest, REPO)
+    assert "Fine-tuned from `start.json` (weights sha256 `abababababab...`), itself trained for 100 epochs on NVIDIA H200." in card
+    first = card.index("python -m workbench train --arch fcn8s --epochs 100")
+    assert first < card.index("python -m workbench train --arch fcn8s --init-from start.json --epochs 30")

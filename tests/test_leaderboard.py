@@ -87,3 +87,11 @@ def test_reevaluating_a_checkpoint_reproduces_its_stored_per_image_results():
         agree = (a.diagonal().sum() == b.diagonal().sum()) or abs(int(a.diagonal().sum()) - int(b.diagonal().sum())) / a.sum() < 1e-3
         assert agree, f"{old['name']}: correct pixels {int(a.diagonal().sum())} stored vs {int(b.diagonal().sum())} now"
         assert math.isclose(old["miou"], new["miou"], abs_tol=0.005)
+
+
+def test_table_notes_say_how_a_checkpoint_was_trained():
+    metrics = {"test": {"miou": 0.5, "pixel_accuracy": 0.8, "per_class_iou": [0.5]}}
+    fresh = {"metrics": metrics, "training": {"epochs_completed": 120}}
+    tuned = {"metrics": metrics, "training": {"epochs_completed": 22, "init_from": {"training": {"epochs_completed": 110}}}}
+    notes = {r[0]: r[-1] for r in table(leaderboard_rows({"fresh": fresh, "tuned": tuned}))}
+    assert notes == {"fresh": "trained here, 120 epochs", "tuned": "trained here, 110 + 22 epochs (fine-tuned)"}

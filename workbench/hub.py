@@ -285,11 +285,19 @@ def model_card(manifest: dict[str, Any], repo_id: str, *, license: str | None = 
             facts.append(("class weights", ", ".join(str(x) for x in tr["class_weights"])))
         out += [f"- {k}: {_md(v)}" for k, v in facts if v is not None]
         out.append("")
-        if tr.get("command"):
-            cmd = str(tr["command"])
-            cmd = re.sub(r"^\S*__main__\.py\b", "python -m workbench", cmd)
+        init = tr.get("init_from") if isinstance(tr.get("init_from"), dict) else {}
+        parent = init.get("training") if isinstance(init.get("training"), dict) else {}
+        if init:  # fine-tuned (workbench train --init-from): the run it started from comes first
+            hw = parent.get("hardware") if isinstance(parent.get("hardware"), dict) else {}
+            where = hw.get("cuda") or hw.get("cpu")
+            out += [f"Fine-tuned from `{_md(init.get('checkpoint'))}` (weights sha256 `{_md(str(init.get('weights_sha256', ''))[:12])}...`), "
+                    f"itself trained for {_md(parent.get('epochs_completed'))} epochs" + (f" on {_md(where)}" if where else "") + ".", ""]
+        for label, command in (("Training command of the start checkpoint:", parent.get("command")), ("Training command:", tr.get("command"))):
+            if not command:
+                continue
+            cmd = re.sub(r"^\S*__main__\.py\b", "python -m workbench", str(command))
             fence = "````" if "```" in cmd else "```"
-            out += ["Training command:", "", f"{fence}bash", cmd, fence, ""]
+            out += [label, "", f"{fence}bash", cmd, fence, ""]
         if isinstance(tr.get("config"), dict):
             out.append(f"The full training config is in `{MANIFEST_NAME}` under `training.config`.")
             out.append("")

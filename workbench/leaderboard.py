@@ -47,6 +47,8 @@ def leaderboard_rows(manifests: dict[str, dict], split: str = "test") -> list[di
                 "latency_ms": cost.get("cpu_latency_ms"),
                 "val_miou": ((man.get("metrics") or {}).get("val") or {}).get("miou"),
                 "epochs": (man.get("training") or {}).get("epochs_completed"),
+                # a fine-tuned checkpoint (workbench train --init-from): the epochs of the run it started from
+                "init_epochs": (((man.get("training") or {}).get("init_from") or {}).get("training") or {}).get("epochs_completed"),
             }
         )
     return sorted(rows, key=lambda r: -(r["miou"] if isinstance(r["miou"], (int, float)) and not math.isnan(r["miou"]) else -1))
@@ -57,6 +59,14 @@ def _pct(v) -> str:
 
 
 TABLE_HEADERS = ["model", "test mIoU", "global acc", "mean class acc", "val mIoU", "params (M)", "GFLOPs", "CPU ms", "note"]
+
+
+def _trained_note(r: dict) -> str:
+    if not r.get("epochs"):
+        return "trained here"
+    if r.get("init_epochs"):
+        return f"trained here, {r['init_epochs']} + {r['epochs']} epochs (fine-tuned)"
+    return f"trained here, {r['epochs']} epochs"
 
 
 def table(rows: list[dict], anchors: list[dict] | None = None) -> list[list]:
@@ -73,7 +83,7 @@ def table(rows: list[dict], anchors: list[dict] | None = None) -> list[list]:
                 "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}",
                 "-" if r["gflops"] is None else f"{r['gflops']:.1f}",
                 "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}",
-                f"trained here, {r['epochs']} epochs" if r.get("epochs") else "trained here",
+                _trained_note(r),
             ]
         )
     for a in anchors or []:
