@@ -2,10 +2,11 @@
 
 On every 24th image of the test split (no labels are read: this is a numerical check, not a score; the
 darker test sequences give less confident predictions, hence more near-ties, than val), the app's fast
-path in bf16 (folded BN, channels_last, bf16 autocast) is compared with the fp32 eager model. Where fewer than 99.5% of
-pixels get the same label, or fewer than 98.5% on any one image (``workbench.optimize.parity_holds``), the manifest gets ``"inference": {"precision": "fp32", ...}``, which ``Predictor(precision="auto")`` (the app)
-honours (``workbench.predictor.checkpoint_precision``); otherwise ``"precision": "auto"``. The measured
-agreement is recorded either way.
+path in bf16 (folded BN, channels_last, bf16 autocast) is compared with the fp32 eager model. Where fewer
+than 99.5% of pixels get the same label, or fewer than 98.5% on any one image
+(``workbench.optimize.parity_holds``), the manifest gets ``"inference": {"precision": "fp32", ...}``,
+which ``Predictor(precision="auto")`` (the app) honours (``workbench.predictor.checkpoint_precision``);
+otherwise ``"precision": "auto"``. The measured agreement is recorded either way.
 
     python scripts/check_bf16_parity.py checkpoints/camvid_*.json [--write]
 """

@@ -33,6 +33,7 @@ def leaderboard_rows(manifests: dict[str, dict], split: str = "test") -> list[di
         if not m:
             continue
         cost = man.get("cost") or {}
+        training = man.get("training") or {}
         rows.append(
             {
                 "name": name,
@@ -46,9 +47,9 @@ def leaderboard_rows(manifests: dict[str, dict], split: str = "test") -> list[di
                 "gflops": cost.get("gflops"),
                 "latency_ms": cost.get("cpu_latency_ms"),
                 "val_miou": ((man.get("metrics") or {}).get("val") or {}).get("miou"),
-                "epochs": (man.get("training") or {}).get("epochs_completed"),
+                "epochs": training.get("epochs_completed"),
                 # a fine-tuned checkpoint (workbench train --init-from): the epochs of the run it started from
-                "init_epochs": (((man.get("training") or {}).get("init_from") or {}).get("training") or {}).get("epochs_completed"),
+                "init_epochs": ((training.get("init_from") or {}).get("training") or {}).get("epochs_completed"),
             }
         )
     return sorted(rows, key=lambda r: -(r["miou"] if isinstance(r["miou"], (int, float)) and not math.isnan(r["miou"]) else -1))

@@ -57,8 +57,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def checkpoint_precision(manifest: dict, precision: str, device: torch.device) -> str:
     """``resolve_precision``, except that ``"auto"`` gives fp32 for a checkpoint whose manifest pins
-    ``"inference": {"precision": "fp32"}`` (its bf16 labels agree with fp32 on fewer than 99.5% of pixels:
-    scripts/check_bf16_parity.py). An explicit precision always wins."""
+    ``"inference": {"precision": "fp32"}`` (its bf16 labels miss the parity bar of
+    :func:`workbench.optimize.parity_holds`: scripts/check_bf16_parity.py). An explicit precision always wins."""
     if precision == "auto" and (manifest.get("inference") or {}).get("precision") == "fp32":
         return "fp32"
     return resolve_precision(precision, device)
@@ -266,8 +266,8 @@ class Predictor:
         labels = upsample_argmax(logits, (h, w)) if logits.shape[-2:] != (h, w) else logits[0].argmax(0)
         dtype = np.uint8 if logits.shape[1] <= 256 else np.int32
         labels_np = labels.numpy().astype(dtype)
-        # (C, h, w) in C order: a channels-last result is reordered here by torch (2 threads, 0.5 ms at 11x360x480),
-        # 2x faster than numpy would for the consumers that read it planar (the checkerboard score, probability maps)
+        # (C, h, w) in C order: a channels-last result is reordered here by torch (multi-threaded), faster than
+        # numpy would for the consumers that read it planar (the checkerboard score, probability maps)
         logits_work = logits[0].contiguous().numpy()
         t4 = time.perf_counter()
         timings = {**timings, "postprocess": (t4 - t3) * 1e3}

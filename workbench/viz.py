@@ -160,14 +160,13 @@ _WRONG, _IGNORED = 254, 255  # palette slots above every dimmed grey level
 _ERROR_PALETTE = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
 _ERROR_PALETTE[_WRONG] = (235, 30, 30)
 _ERROR_PALETTE[_IGNORED] = (20, 20, 70)
-_ERROR_PALETTE_LIST = _ERROR_PALETTE.ravel().tolist()
 
 
 def error_map(pred: np.ndarray, target: np.ndarray, image: np.ndarray | None = None, ignore_index: int | None = None, *, base: np.ndarray | None = None) -> np.ndarray:
     """Wrong pixels in red, right ones dimmed (grey image or black), ignored ones in dark blue; (H, W, 3) uint8.
 
     ``base``: :func:`dimmed` of the image, precomputed when several error maps share one image.
-    The grey levels, red and blue are one palette image that PIL expands to RGB
+    The grey levels, red and blue are palette indices that :func:`colorize` expands to RGB
     (4x faster than pasting the two colours through masks).
     """
     pred, target = np.asarray(pred), np.asarray(target)
@@ -183,9 +182,7 @@ def error_map(pred: np.ndarray, target: np.ndarray, image: np.ndarray | None = N
     np.putmask(idx, pred != target, _WRONG)
     if ignore_index is not None:
         np.putmask(idx, target == ignore_index, _IGNORED)
-    out = Image.frombytes("P", (w, h), idx.tobytes())
-    out.putpalette(_ERROR_PALETTE_LIST)
-    return np.asarray(out.convert("RGB"))
+    return colorize(idx, _ERROR_PALETTE)
 
 
 @lru_cache(maxsize=4)
