@@ -613,6 +613,17 @@ class Trainer:
             atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 
+    def close(self) -> None:
+        """Drop the DistributedDataParallel wrapper, whose reducer holds the process group.
+
+        Call before :func:`shutdown_distributed`: while the wrapper lives,
+        ``destroy_process_group`` cannot free the gloo group, which is then torn down
+        during interpreter exit, and that aborted about one two-process run in 15
+        ("terminate called without an active exception", exit -6, torch 2.15) after the
+        run had finished and saved everything.
+        """
+        self.model = _unwrap(self.model)
+
     # -- outputs
 
     def _save_checkpoint(self, name: str, val: dict | None) -> None:
@@ -680,12 +691,24 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
 
 def train(cfg: TrainConfig, command: str | None = None) -> dict:
     """Run training for ``cfg``; returns the summary (best val mIoU, epochs, steps, wall time)."""
-    trainer = Trainer(cfg, command)
+    trainer = None
     try:
+        trainer = Trainer(cfg, command)
         return trainer.fit()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if trainer is not None:
+            trainer.close()
+        del trainer
+        shutdown_distributed()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group (if any) after collecting what still refers to it; see :meth:`Trainer.close`."""
+    import gc
+
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- command line
