@@ -64,3 +64,20 @@ def test_encode_outputs_counts_palette_masks(monkeypatch):
     components = [gr.Image(format="png"), gr.Image(format="jpeg"), gr.Markdown()]
     assert bench._encode_outputs([mask, overlay, "text"], components) >= 0
     assert saved == [("P", "png"), ("RGB", "jpeg")]
+
+
+def test_train_bench_rows_and_compiled_variants(monkeypatch):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)  # the wiring, not Inductor (test_train compiles for real)
+    result = bench.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1, compile=True)
+    rows = result["rows"]
+    assert [(r["precision"] == "fp32", r["channels_last"], r["compile"]) for r in rows][0] == (True, False, False)  # the baseline
+    assert sum(r["compile"] for r in rows) == 2 and len(compiled) == 2
+    for r in rows[1:]:
+        assert r["speedup_vs_fp32"] == pytest.approx(r["images_per_s"] / rows[0]["images_per_s"])
+        assert r["images_per_s"] == pytest.approx(2 / r["step_s"]) and r["first_step_s"] > 0
+    md = bench.train_to_markdown(result)
+    assert md.count("| fcn32s |") == len(rows) and "| yes (" in md
+    assert len(bench.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1)["rows"]) == len(rows) - 2

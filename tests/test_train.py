@@ -282,3 +282,32 @@ def test_lr_schedule_warms_up_then_decays():
     assert f(50) < 1.0 and f(99) < f(50)
     g = lr_lambda(TrainConfig(warmup_steps=0, scheduler="cosine"), 100)
     assert g(0) == pytest.approx(1.0) and g(100) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_compile_matches_eager_and_saves_plain_parameter_names(tmp_path, isolated_registry, monkeypatch):
+    """--compile runs the training step through torch.compile; the run's weights and checkpoint are the eager run's.
+
+    A small BatchNorm-free model in fp32 with no augmentation randomness beyond the shared seed:
+    three SGD steps compiled and eager must agree to float rounding, and the checkpoint holds the
+    plain module's names (no ``_orig_mod.`` prefix), so it loads like any other.
+    """
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "plain_ddp_probe.py").write_text(_PLAIN_PLUGIN)
+    monkeypatch.setenv("WORKBENCH_PLUGIN_PATH", str(plugins))
+    isolated_registry.load_plugins(reload=True)
+    recipe = dict(BASE, arch="plain_ddp_probe", encoder=None, scale=[1.0, 1.0], epochs=1, max_steps=3, optimizer="sgd", lr=0.05, warmup_steps=0, scheduler="constant", val_limit=2, channels_last=False)
+    train(_cfg(tmp_path / "eager", **recipe))
+    compiled = _cfg(tmp_path / "compiled", **dict(recipe, compile=True))
+    assert compiled.compile
+    train(compiled)
+    w_eager, w_comp = _weights(tmp_path / "eager" / "run"), _weights(tmp_path / "compiled" / "run")
+    assert w_eager.keys() == w_comp.keys() and not any("_orig_mod" in k for k in w_comp)
+    for k in w_eager:
+        torch.testing.assert_close(w_comp[k], w_eager[k], rtol=1e-4, atol=1e-5)
+    import workbench
+
+    model, manifest = workbench.load_checkpoint(tmp_path / "compiled" / "run" / "best.json")
+    assert manifest["training"]["config"]["compile"] is True
+    assert set(model.state_dict()) == set(w_comp)

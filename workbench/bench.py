@@ -189,48 +189,59 @@ def smp_reference(*, encoder: str | None = None, size=(360, 480), num_classes: i
     return out
 
 
-def time_train_step(name: str, *, batch_size: int = 8, size=(224, 224), num_classes: int = 11, precision: str = "fp32", channels_last: bool = False, device: str = "auto", warmup: int = 2, repeats: int = 5) -> dict:
-    """Images/s of forward + backward + AdamW step on random data (the model-side cost of training)."""
+def time_train_step(name: str, *, batch_size: int = 8, size=(224, 224), num_classes: int = 11, precision: str = "fp32", channels_last: bool = False, compile: bool = False, device: str = "auto", warmup: int = 2, repeats: int = 5) -> dict:
+    """Images/s of forward + backward + AdamW step on random data (the model-side cost of training).
+
+    ``compile`` runs the model under ``torch.compile`` as ``workbench train --compile`` does;
+    its first step (the compilation) is reported as ``first_step_s`` and not timed.
+    """
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes).to(dev).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = torch.compile(model) if compile else model
     x = torch.randn(batch_size, 3, *size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch_size, *size), device=dev)
-    times = []
+    times, first = [], None
     for i in range(warmup + repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         with autocast_context(dev, precision):
-            logits = model(x)
+            logits = forward(x)
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
+        if i == 0:
+            first = time.perf_counter() - t
         if i >= warmup:
             times.append(time.perf_counter() - t)
     step = statistics.median(times)
-    return {"architecture": name, "precision": precision, "channels_last": channels_last, "batch_size": batch_size, "size": list(size), "step_s": step, "images_per_s": batch_size / step}
+    return {"architecture": name, "precision": precision, "channels_last": channels_last, "compile": compile, "batch_size": batch_size, "size": list(size), "step_s": step, "images_per_s": batch_size / step, "first_step_s": first}
 
 
-def run_train_bench(names: list[str], *, batch_size: int = 8, size=(224, 224), device: str = "auto", repeats: int = 5) -> dict:
+def run_train_bench(names: list[str], *, batch_size: int = 8, size=(224, 224), device: str = "auto", repeats: int = 5, compile: bool = False) -> dict:
+    """fp32 against channels_last and the fast precision; with ``compile``, the fast precision under torch.compile too."""
     dev = resolve_device(device)
     fast = resolve_precision("auto", dev)
     rows = []
     for name in names:
         base = time_train_step(name, batch_size=batch_size, size=size, precision="fp32", channels_last=False, device=device, repeats=repeats)
         rows.append(base)
-        for prec, cl in (("fp32", True), (fast, False), (fast, True)):
-            if prec == "fp32" and not cl:
+        variants = [("fp32", True, False), (fast, False, False), (fast, True, False)]
+        if compile:
+            variants += [(fast, False, True), (fast, True, True)]
+        for prec, cl, comp in variants:
+            if (prec, cl, comp) == ("fp32", False, False):  # no fast precision here: that is the baseline
                 continue
-            r = time_train_step(name, batch_size=batch_size, size=size, precision=prec, channels_last=cl, device=device, repeats=repeats)
+            r = time_train_step(name, batch_size=batch_size, size=size, precision=prec, channels_last=cl, compile=comp, device=device, repeats=repeats)
             r["speedup_vs_fp32"] = r["images_per_s"] / base["images_per_s"]
             rows.append(r)
     return {"machine": machine_description(), "device": str(dev), "rows": rows}
@@ -453,12 +464,13 @@ def train_to_markdown(result: dict) -> str:
     lines = [
         f"Training step (forward + backward + AdamW) on random data, device {result['device']}, {m['threads']} threads, {m['cpu']}, torch {m['torch']}",
         "",
-        "| architecture | batch x size | precision | channels_last | step (s) | images/s | speed-up |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+        "| architecture | batch x size | precision | channels_last | compiled (first step s) | step (s) | images/s | speed-up |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         sp = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "1.00x"
-        lines.append(f"| {r['architecture']} | {r['batch_size']} x {r['size'][0]}x{r['size'][1]} | {r['precision']} | {r['channels_last']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {sp} |")
+        comp = f"yes ({r['first_step_s']:.0f})" if r.get("compile") else "no"
+        lines.append(f"| {r['architecture']} | {r['batch_size']} x {r['size'][0]}x{r['size'][1]} | {r['precision']} | {r['channels_last']} | {comp} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {sp} |")
     return "\n".join(lines)
 
 
@@ -551,7 +563,7 @@ def main(args) -> int:
         md = encoders_to_markdown(result)
     elif args.train:
         size = tuple(args.size) if args.size != [360, 480] else (224, 224)
-        result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats)
+        result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats, compile=args.compile)
         md = train_to_markdown(result)
     else:
         result = run_bench(args.arch or None, size=tuple(args.size), precision=args.precision, device=args.device, repeats=args.repeats, flops=not args.no_flops, memory=not args.no_memory)

@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write <out>.json and <out>.md")
     s.add_argument("--train", action="store_true", help="training throughput instead: fp32 vs channels_last vs bf16 (default size 224x224)")
     s.add_argument("--batch-size", type=int, default=8, help="batch size for --train")
+    s.add_argument("--compile", action="store_true", help="with --train: also time the fast precision under torch.compile (as train --compile)")
     s.add_argument("--encoders", action="store_true", help="compare candidate timm encoders instead (size, latency)")
     s.add_argument("--engines", action="store_true", help="one architecture through torch eager, the fast path, torch.compile and ONNX Runtime")
     s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
