@@ -622,7 +622,7 @@ class Trainer:
 
         Call before :func:`shutdown_distributed`: while the wrapper lives,
         ``destroy_process_group`` cannot free the gloo group, which is then torn down
-        during interpreter exit, and that aborted about one two-process run in 15
+        during interpreter exit, and that aborted 3 of 55 two-process runs
         ("terminate called without an active exception", exit -6, torch 2.15) after the
         run had finished and saved everything.
         """
