@@ -718,6 +718,14 @@ def shutdown_distributed() -> None:
 # ----------------------------------------------------------------------------- command line
 
 _JSON_FIELDS = {"model_kwargs", "dataset_options"}
+# flags whose meaning the field name and default do not carry on their own
+_FIELD_HELP = {
+    "compile": "torch.compile the training step (the first steps compile it); measure the gain on a machine with "
+    "workbench bench --train --compile",
+    "data_on_device": "keep the whole training split on the training device and augment batches there (same augmentations as the "
+    "DataLoader, drawn per seed/epoch/batch); auto: on for CUDA without DDP, off otherwise; the run's config.yaml "
+    "records the pipeline used",
+}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -727,15 +735,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        helptext = f"(default: {default})"
+        helptext = f"{_FIELD_HELP[f.name]} (default: {default})" if f.name in _FIELD_HELP else f"(default: {default})"
         if f.name in _JSON_FIELDS:
             p.add_argument(flag, type=json.loads, default=None, help=f"JSON object {helptext}")
         elif f.name in ("crop", "scale"):
             p.add_argument(flag, nargs="+", default=None, help=f"two numbers, or 'none' for crop {helptext}")
-        elif f.name == "compile":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=(
-                "torch.compile the training step (the first steps compile it); on the 2-core CPU FC-DenseNet56 then "
-                f"trains 1.14x faster than eager bf16, the U-Net no faster: workbench bench --train --compile {helptext}"))
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif f.name in ("max_steps", "val_limit", "save_every_steps"):
@@ -743,10 +747,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         elif f.name == "grad_clip":
             p.add_argument(flag, type=float, default=None, help=helptext)
         elif f.name == "data_on_device":
-            p.add_argument(flag, choices=["auto", "on", "off"], default=None, help=(
-                "keep the whole training split on the training device and augment batches there (same augmentations as the "
-                "DataLoader, drawn per seed/epoch/batch); auto: on for CUDA without DDP, off otherwise; the run's config.yaml "
-                f"records the pipeline used {helptext}"))
+            p.add_argument(flag, choices=["auto", "on", "off"], default=None, help=helptext)
         else:
             typ = type(default) if default is not None else str
             p.add_argument(flag, type=typ, default=None, help=helptext)
