@@ -17,6 +17,7 @@ from workbench.classes import IGNORE_INDEX, default_normalization
 from workbench.data import build_dataset
 from workbench.evaluate import (
     EvaluationError,
+    check_scales,
     confusion_from_entries,
     evaluate_checkpoint,
     format_leaderboard,
@@ -225,6 +226,52 @@ def test_sliding_window_through_evaluate(tmp_path):
         evaluate_checkpoint(ckpt, window=(32, 32), stride=(40, 8), **kw)
 
 
+def test_check_scales():
+    assert check_scales(None) is None and check_scales([1]) is None  # single scale: the plain path
+    assert check_scales([0.75, 1, 1.5]) == (0.75, 1.0, 1.5)
+    for bad, msg in (([], "at least one"), ([0], "out of range"), ([-1], "out of range"), ([float("nan")], "out of range"), ([8], "out of range"), ([1, 1.0], "repeat")):
+        with pytest.raises(ValueError, match=msg):
+            check_scales(bad)
+
+
+def test_multi_scale_averages_resized_passes():
+    torch.manual_seed(4)
+    x = torch.randn(3, 45, 61)  # odd sizes: the resized copies have rounded sizes and come back to 45 x 61
+    model = _naive(depth=2, seed=5)
+    plain = predict_probs(model, x)
+    assert torch.equal(predict_probs(model, x, scales=[1.0]), plain)
+    multi = predict_probs(model, x, scales=[0.5, 1.0, 2.0], flip=True)
+    assert multi.shape == plain.shape
+    torch.testing.assert_close(multi.sum(0), torch.ones(45, 61), rtol=0, atol=1e-5)  # still a distribution per pixel
+    assert (multi - predict_probs(model, x, flip=True)).abs().max() > 1e-3  # the other scales were used
+    # a per-pixel model on a blocky image: away from the block edges every scale sees the same colour,
+    # so multi-scale changes nothing there
+    img = torch.zeros(3, 64, 96)
+    img[:, :32, 48:] = 2.0
+    img[0, 32:, :48] = -2.0
+    thr = make_threshold_model()
+    ms = predict_probs(thr, img, scales=[0.5, 1.5])
+    interior = torch.ones(64, 96, dtype=torch.bool)
+    interior[28:36] = False
+    interior[:, 44:52] = False
+    torch.testing.assert_close(ms[:, interior], predict_probs(thr, img)[:, interior], rtol=0, atol=1e-5)
+    # a factor that would shrink the image below the models' minimum is clamped to it
+    assert predict_probs(model, x, scales=[0.05, 1.0]).shape == plain.shape
+
+
+def test_multi_scale_through_evaluate(tmp_path):
+    ckpt = _save(tmp_path, "ms", _naive(seed=2))
+    kw = dict(dataset_options=SYNTH, device="cpu", progress=False)
+    one = evaluate_checkpoint(ckpt, **kw)
+    res = evaluate_checkpoint(ckpt, scales=(0.75, 1.25), **kw)
+    assert res["options"]["scales"] == [0.75, 1.25] and one["options"]["scales"] is None
+    assert res["metrics"]["n_pixels"] == one["metrics"]["n_pixels"]  # scored at the label's resolution
+    assert res["metrics"]["confusion"] != one["metrics"]["confusion"]
+    assert "scales 0.75 1.25" in format_leaderboard([res])
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate_checkpoint(ckpt, scales=(0,), **kw)
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -339,6 +386,12 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing*.json"), "--quiet"]) == 2  # in-process: a glob that matches nothing
     err = capsys.readouterr().err
     assert "no file matches" in err and "no checkpoint to evaluate" in err
+    # manifests only ever hold the standard protocol: test-time augmentation is refused before any work
+    before = broken.with_suffix(".json").read_bytes()
+    assert main(["eval", str(broken), "--update-manifests", "--flip", "--scales", "1", "1.5", "--quiet"]) == 2
+    refused = capsys.readouterr().err
+    assert "--update-manifests records the standard protocol" in refused and "--flip --scales" in refused
+    assert broken.with_suffix(".json").read_bytes() == before
 
 
 # --------------------------------------------------------------------------- real data

@@ -145,6 +145,15 @@ def _cmd_eval(args) -> int:
     from .checkpoint import CheckpointError
     from .evaluate import EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, update_manifest, write_results
 
+    if args.update_manifests:
+        extra = [flag for flag, on in (("--flip", args.flip), ("--scales", args.scales), ("--limit", args.limit is not None)) if on]
+        if extra:
+            print(
+                f"error: --update-manifests records the standard protocol (every image, one full-resolution pass); "
+                f"drop {' '.join(extra)} or evaluate without --update-manifests",
+                file=sys.stderr,
+            )
+            return 2
     checkpoints, warnings = collect_checkpoints(args.checkpoints)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -162,6 +171,7 @@ def _cmd_eval(args) -> int:
                     data_root=args.data_root,
                     dataset_options=dict(args.dataset_option or []) or None,
                     flip=args.flip,
+                    scales=args.scales,
                     window=tuple(args.window) if args.window else None,
                     stride=tuple(args.stride) if args.stride else None,
                     limit=args.limit,
@@ -330,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset-option", action="append", type=_dataset_option, metavar="KEY=VALUE", help="extra dataset option, e.g. path=/images (repeatable; JSON values)")
     s.add_argument("--data-root", default=None, help="data root (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
     s.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    s.add_argument("--scales", type=float, nargs="+", metavar="F", help="multi-scale inference: average the probabilities over the image resized by each factor, e.g. 0.75 1 1.25 1.5")
     s.add_argument("--window", type=int, nargs=2, metavar=("H", "W"), help="sliding-window inference for images larger than H x W")
     s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride (default: half the window)")
     s.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")

@@ -24,6 +24,11 @@ Options:
   (in either dimension): tiles of ``window`` (clipped to the image) at ``stride``
   (default half the window), the last tile flush with the border; overlapping
   probabilities are averaged with equal weights. ``flip`` applies per tile.
+* ``scales=(0.75, 1.0, 1.25)``: multi-scale inference: the image is resized
+  (bilinear, antialiased when shrinking) by each factor, predicted (with
+  ``flip`` and ``window`` as above), and the probabilities are resized back to
+  the full resolution and averaged with equal weights. Metrics are always
+  computed at the label's own resolution.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ __all__ = [
     "evaluate_model",
     "predict_probs",
     "sliding_window_starts",
+    "check_scales",
     "collect_checkpoints",
     "parse_dataset_option",
     "confusion_from_entries",
@@ -98,6 +104,26 @@ def sliding_window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def check_scales(scales: Iterable[float] | None) -> tuple[float, ...] | None:
+    """Validated multi-scale factors (``None`` or ``(1.0,)`` means single-scale).
+
+    Raises ``ValueError`` for an empty list, a non-finite or non-positive factor,
+    a factor above 4 (16x the pixels: a typo, not a test-time augmentation) or a
+    repeated factor.
+    """
+    if scales is None:
+        return None
+    out = tuple(float(s) for s in scales)
+    if not out:
+        raise ValueError("scales must name at least one factor, e.g. 0.75 1.0 1.25")
+    for s in out:
+        if not math.isfinite(s) or s <= 0 or s > 4:
+            raise ValueError(f"scale factor {s:g} is out of range: use factors in (0, 4], e.g. 0.75 1.0 1.25")
+    if len(set(out)) != len(out):
+        raise ValueError(f"scale factors repeat: {' '.join(f'{s:g}' for s in out)}")
+    return None if out == (1.0,) else out
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -124,12 +150,14 @@ def predict_probs(
     flip: bool = False,
     window: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
+    scales: Iterable[float] | None = None,
     precision: str = "fp32",
 ) -> torch.Tensor:
     """Softmax probabilities ``(C, H, W)`` (float32, on the model's device) for one normalised image ``(C_in, H, W)``.
 
     ``flip`` averages with the mirrored image; ``window`` switches to sliding-window
-    inference when the image is larger than the window (see the module docstring).
+    inference when the image is larger than the window; ``scales`` averages over
+    resized copies of the image (see the module docstring).
     ``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
     """
     device = _model_device(model)
@@ -137,6 +165,25 @@ def predict_probs(
     if x.ndim != 3:
         raise ValueError(f"expected one (C, H, W) image, got shape {tuple(x.shape)}")
     x = x[None]
+    factors = check_scales(scales)
+    if factors is None:
+        return _predict_one_scale(model, x, flip, window, stride, device, precision)
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    acc = None
+    for f in factors:
+        h, w = max(MIN_INPUT_SIZE, round(H * f)), max(MIN_INPUT_SIZE, round(W * f))
+        xs = x if (h, w) == (H, W) else F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=f < 1)
+        p = _predict_one_scale(model, xs, flip, window, stride, device, precision)
+        if (h, w) != (H, W):
+            p = F.interpolate(p[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        acc = p if acc is None else acc + p
+    return acc / len(factors)
+
+
+def _predict_one_scale(model, x, flip, window, stride, device, precision) -> torch.Tensor:
+    """``predict_probs`` for a (1, C_in, H, W) batch at its own size (flip and sliding window only)."""
     H, W = x.shape[-2:]
     if window is None:
         return _forward_probs(model, x, flip, device, precision)[0]
@@ -226,6 +273,7 @@ def evaluate_model(
     flip: bool = False,
     window: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
+    scales: Iterable[float] | None = None,
     limit: int | None = None,
     device: str | torch.device = "auto",
     precision: str = "fp32",
@@ -252,6 +300,7 @@ def evaluate_model(
         if min(window_hw) < MIN_INPUT_SIZE:
             raise ValueError(f"window {window_hw[0]}x{window_hw[1]} is too small: the models need at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}")
         stride_hw = stride_hw or (max(1, window_hw[0] // 2), max(1, window_hw[1] // 2))
+    factors = check_scales(scales)
     if limit is not None and int(limit) < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     total = len(dataset)
@@ -291,7 +340,7 @@ def evaluate_model(
             raise EvaluationError(f"{name}: image {tuple(image.shape[-2:])} is smaller than the models' minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}")
         _sync(dev)
         t0 = time.perf_counter()
-        probs = predict_probs(model, image, flip=flip, window=window_hw, stride=stride_hw, precision=prec)
+        probs = predict_probs(model, image, flip=flip, window=window_hw, stride=stride_hw, scales=factors, precision=prec)
         pred = probs.argmax(0)
         _sync(dev)
         times.append((time.perf_counter() - t0) * 1e3)
@@ -345,6 +394,7 @@ def evaluate_model(
             "flip": bool(flip),
             "window": list(window_hw) if window_hw else None,
             "stride": list(stride_hw) if window_hw else None,
+            "scales": list(factors) if factors else None,
             "limit": int(limit) if limit is not None else None,
             "device": str(dev),
             "precision": prec,
@@ -390,6 +440,7 @@ def evaluate_checkpoint(
     flip: bool = False,
     window: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
+    scales: Iterable[float] | None = None,
     limit: int | None = None,
     device: str | torch.device = "auto",
     precision: str = "fp32",
@@ -410,8 +461,8 @@ def evaluate_checkpoint(
             ``folder``), on top of the manifest's ``dataset.options`` (the training
             run's) when evaluating on the dataset the checkpoint was trained on; for
             ``synthetic`` ``num_classes`` defaults to the model's.
-        flip, window, stride: test-time augmentation and sliding-window inference
-            (see the module docstring).
+        flip, window, stride, scales: test-time augmentation (mirror, multi-scale)
+            and sliding-window inference (see the module docstring).
         limit: evaluate only the first ``limit`` images.
         device, precision: as for :class:`workbench.Predictor`, but precision defaults to fp32.
         per_image: keep per-image records (name, mIoU, accuracy, sparse confusion).
@@ -471,6 +522,7 @@ def evaluate_checkpoint(
         flip=flip,
         window=window,
         stride=stride,
+        scales=scales,
         limit=limit,
         device=device,
         precision=precision,
@@ -628,6 +680,8 @@ def _setting(r: dict) -> str:
     parts = [f"{r.get('dataset')}/{r.get('split')}", f"{r.get('n_images')} images"]
     if o.get("flip"):
         parts.append("flip")
+    if o.get("scales"):
+        parts.append("scales " + " ".join(f"{f:g}" for f in o["scales"]))
     if o.get("window"):
         parts.append(f"window {o['window'][0]}x{o['window'][1]} stride {o['stride'][0]}x{o['stride'][1]}")
     parts.append(str(o.get("precision", "fp32")))
