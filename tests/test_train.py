@@ -284,6 +284,57 @@ def test_lr_schedule_warms_up_then_decays():
     assert g(0) == pytest.approx(1.0) and g(100) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp_path):
+    """--ema-decay: the average follows e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over optimizer steps
+    (parameters and BatchNorm statistics); checkpoints hold it, and a resumed run continues it exactly."""
+    import copy
+
+    from workbench.train import Trainer, _unwrap
+
+    d = 0.6
+    trainer = Trainer(_cfg(tmp_path / "manual", epochs=1, ema_decay=d))
+    seen = []
+    for batch in trainer.loader:
+        trainer.train_step(batch)
+        trainer.global_step += 1
+        seen.append(copy.deepcopy(_unwrap(trainer.model).state_dict()))
+        if len(seen) == 3:
+            break
+    expected = {k: v.clone() for k, v in seen[0].items()}
+    for w in seen[1:]:
+        for k, v in w.items():
+            if v.is_floating_point():
+                expected[k] = d * expected[k] + (1 - d) * v
+            else:
+                expected[k] = v.clone()  # num_batches_tracked: copied, not averaged
+    got = trainer.ema.module.state_dict()
+    assert any(not torch.equal(seen[-1][k], expected[k]) for k in expected)  # the average is not the last weights
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
+
+    # a run stopped after one epoch and resumed ends where the uninterrupted run ends, average included
+    a = _cfg(tmp_path / "a", epochs=2, ema_decay=d)
+    train(a)
+    Trainer(_cfg(tmp_path / "b", epochs=2, ema_decay=d)).fit(stop_after_epoch=1)
+    train(_cfg(tmp_path / "b", epochs=2, ema_decay=d, resume=True))
+    from workbench.state import load_state
+
+    sa, sb = load_state(Path(a.out) / "resume.safetensors"), load_state(tmp_path / "b" / "run" / "resume.safetensors")
+    for k in sa["ema"]:
+        assert torch.equal(sa["ema"][k], sb["ema"][k]), k
+    # the checkpoints are the average (fp16-rounded), not the raw weights, and say so
+    import workbench
+
+    model, manifest = workbench.load_checkpoint(Path(a.out) / "last.json")
+    saved = model.state_dict()
+    raw_diff = max((saved[k] - sa["model"][k]).abs().max().item() for k in saved if saved[k].is_floating_point())
+    ema_diff = max((saved[k] - sa["ema"][k]).abs().max().item() for k in saved if saved[k].is_floating_point())
+    assert ema_diff < 1e-2 < raw_diff
+    assert manifest["training"]["weights"] == f"exponential moving average, decay {d}"
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0).validate()
+
+
 @pytest.mark.slow
 def test_compile_matches_eager_and_saves_plain_parameter_names(tmp_path, isolated_registry, monkeypatch):
     """--compile runs the training step through torch.compile; the run's weights and checkpoint are the eager run's.

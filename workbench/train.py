@@ -88,6 +88,7 @@ class TrainConfig:
     scheduler: str = "poly"  # poly | cosine | constant (per step, after linear warm-up)
     warmup_steps: int = 100
     grad_clip: float | None = None
+    ema_decay: float | None = None  # keep an exponential moving average of the weights (timm ModelEmaV3); validation and checkpoints use it
     loss: str = "ce"  # e.g. "ce", "ce+0.5*dice", "ce+lovasz"
     class_weights: str = "none"  # none | median | inverse | segnet (CamVid reference weights)
     border_weights: bool = False  # U-Net border weighting (w0=10, sigma=5); needs a dataset of touching objects
@@ -125,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"crop must be two sizes >= 32 (H W), got {self.crop}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99: an average over about 100 steps), got {self.ema_decay}")
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -413,6 +416,13 @@ class Trainer:
         model = model.to(rt.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        # the average of the plain module (parameters and BatchNorm statistics), made before any DDP wrapper;
+        # every rank steps the same weights, so every rank's average is the same
+        self.ema = None
+        if cfg.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
         self.model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.world > 1 else model
         # only the training step runs compiled: checkpoints keep the plain module's parameter names, and
         # validation's full-size images would each be one more graph to compile
@@ -433,6 +443,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "model": _unwrap(self.model).state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -455,6 +466,8 @@ class Trainer:
     def _load_resume(self) -> None:
         state = load_state(self.out / "resume.safetensors")
         _unwrap(self.model).load_state_dict(state["model"])
+        if self.ema is not None:  # a run that had no average yet starts one from the resumed weights
+            self.ema.module.load_state_dict(state.get("ema") or state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
@@ -519,13 +532,19 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:  # the first update copies the weights (timm: decay 0 at step 1)
+            self.ema.update(_unwrap(self.model), step=self.global_step + 1)
         return float(loss.detach())
+
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and saved: the moving average when ``ema_decay`` is set."""
+        return self.ema.module if self.ema is not None else _unwrap(self.model)
 
     @torch.inference_mode()
     def validate(self) -> dict:
         from .metrics import ConfusionMatrix
 
-        model = self.model
+        model = self.eval_model()
         model.eval()
         # counted where the logits are: no per-image argmax copy to the host, no CPU bincount (on a GPU
         # the CPU count of 101 CamVid images took longer than a training epoch)
@@ -537,10 +556,10 @@ class Trainer:
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                logits = _unwrap(model)(x)
+                logits = model(x)
             cm.update(logits.argmax(1), torch.as_tensor(sample["mask"])[None].long())
         cm.all_reduce()
-        model.train()
+        self.model.train()
         res = cm.compute()
         res["class_names"] = [c["name"] for c in self.val_set.classes]
         return res
@@ -653,12 +672,13 @@ class Trainer:
                 "data_pipeline": self.data_pipeline,
                 "class_weights": None if self.class_weight_values is None else [round(float(v), 4) for v in self.class_weight_values],
                 **({"init_from": self.init_from} if self.init_from else {}),
+                **({"weights": f"exponential moving average, decay {self.cfg.ema_decay}"} if self.ema is not None else {}),
             },
         }
         if val is not None:
             manifest["metrics"] = {"val": {"miou": val["miou"], "pixel_accuracy": val["pixel_accuracy"], "mean_class_accuracy": val["mean_class_accuracy"], "per_class_iou": val["per_class_iou"], "epoch": self.best_epoch, "split": cfg.val_split}}
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[cfg.save_dtype]
-        save_checkpoint(self.out / name, _unwrap(self.model), manifest, dtype=dtype)
+        save_checkpoint(self.out / name, self.eval_model(), manifest, dtype=dtype)
 
     def _log(self, record: dict) -> None:
         if not self.rt.is_main:
@@ -720,6 +740,8 @@ def shutdown_distributed() -> None:
 _JSON_FIELDS = {"model_kwargs", "dataset_options"}
 # flags whose meaning the field name and default do not carry on their own
 _FIELD_HELP = {
+    "ema_decay": "validate and save an exponential moving average of the weights (timm ModelEmaV3), e.g. 0.99 to "
+    "average over about the last 100 steps",
     "compile": "torch.compile the training step (the first steps compile it); measure the gain on a machine with "
     "workbench bench --train --compile",
     "data_on_device": "keep the whole training split on the training device and augment batches there (same augmentations as the "
@@ -744,7 +766,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif f.name in ("max_steps", "val_limit", "save_every_steps"):
             p.add_argument(flag, type=int, default=None, help=helptext)
-        elif f.name == "grad_clip":
+        elif f.name in ("grad_clip", "ema_decay"):
             p.add_argument(flag, type=float, default=None, help=helptext)
         elif f.name == "data_on_device":
             p.add_argument(flag, choices=["auto", "on", "off"], default=None, help=helptext)
