@@ -322,6 +322,8 @@ def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp
     sa, sb = load_state(Path(a.out) / "resume.safetensors"), load_state(tmp_path / "b" / "run" / "resume.safetensors")
     for k in sa["ema"]:
         assert torch.equal(sa["ema"][k], sb["ema"][k]), k
+    rows = [json.loads(line) for line in (Path(a.out) / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r["val_raw"]) == {"miou", "pixel_accuracy", "mean_class_accuracy"} for r in rows)  # both weights validated
     # the checkpoints are the average (fp16-rounded), not the raw weights, and say so
     import workbench
 
