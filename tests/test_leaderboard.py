@@ -93,5 +93,10 @@ def test_table_notes_say_how_a_checkpoint_was_trained():
     metrics = {"test": {"miou": 0.5, "pixel_accuracy": 0.8, "per_class_iou": [0.5]}}
     fresh = {"metrics": metrics, "training": {"epochs_completed": 120}}
     tuned = {"metrics": metrics, "training": {"epochs_completed": 22, "init_from": {"training": {"epochs_completed": 110}}}}
-    notes = {r[0]: r[-1] for r in table(leaderboard_rows({"fresh": fresh, "tuned": tuned}))}
-    assert notes == {"fresh": "trained here, 120 epochs", "tuned": "trained here, 110 + 22 epochs (fine-tuned)"}
+    twice = {"metrics": metrics, "training": {"epochs_completed": 16, "init_from": {"training": tuned["training"]}}}
+    notes = {r[0]: r[-1] for r in table(leaderboard_rows({"fresh": fresh, "tuned": tuned, "twice": twice}))}
+    assert notes == {
+        "fresh": "trained here, 120 epochs",
+        "tuned": "trained here, 110 + 22 epochs (fine-tuned)",
+        "twice": "trained here, 110 + 22 + 16 epochs (fine-tuned 2 times)",
+    }

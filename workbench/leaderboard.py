@@ -48,11 +48,22 @@ def leaderboard_rows(manifests: dict[str, dict], split: str = "test") -> list[di
                 "latency_ms": cost.get("cpu_latency_ms"),
                 "val_miou": ((man.get("metrics") or {}).get("val") or {}).get("miou"),
                 "epochs": training.get("epochs_completed"),
-                # a fine-tuned checkpoint (workbench train --init-from): the epochs of the run it started from
-                "init_epochs": ((training.get("init_from") or {}).get("training") or {}).get("epochs_completed"),
+                # a fine-tuned checkpoint (workbench train --init-from): the epochs of the runs it started from, first run first
+                "init_epochs": _init_epochs(training),
             }
         )
     return sorted(rows, key=lambda r: -(r["miou"] if isinstance(r["miou"], (int, float)) and not math.isnan(r["miou"]) else -1))
+
+
+def _init_epochs(training: dict) -> list[int]:
+    """Epochs of every run in a checkpoint's ``--init-from`` chain, the first run first (empty if trained once)."""
+    chain = []
+    while isinstance(training.get("init_from"), dict):
+        training = training["init_from"].get("training") or {}
+        if not training.get("epochs_completed"):
+            break
+        chain.append(int(training["epochs_completed"]))
+    return chain[::-1]
 
 
 def _pct(v) -> str:
@@ -66,7 +77,8 @@ def _trained_note(r: dict) -> str:
     if not r.get("epochs"):
         return "trained here"
     if r.get("init_epochs"):
-        return f"trained here, {r['init_epochs']} + {r['epochs']} epochs (fine-tuned)"
+        runs = len(r["init_epochs"])
+        return f"trained here, {' + '.join(map(str, [*r['init_epochs'], r['epochs']]))} epochs (fine-tuned{' ' + str(runs) + ' times' if runs > 1 else ''})"
     return f"trained here, {r['epochs']} epochs"
 
 
