@@ -324,6 +324,8 @@ def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp
         assert torch.equal(sa["ema"][k], sb["ema"][k]), k
     rows = [json.loads(line) for line in (Path(a.out) / "metrics.jsonl").read_text().splitlines()]
     assert all(set(r["val_raw"]) == {"miou", "pixel_accuracy", "mean_class_accuracy"} for r in rows)  # both weights validated
+    summary = json.loads((Path(a.out) / "summary.json").read_text())
+    assert summary["ema"]["evaluations"] == 2 and summary["ema"]["best_average"] == pytest.approx(100 * summary["best_val_miou"])
     # the checkpoints are the average (fp16-rounded), not the raw weights, and say so
     import workbench
 
@@ -335,6 +337,21 @@ def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp
     assert manifest["training"]["weights"] == f"exponential moving average, decay {d}"
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0).validate()
+
+
+def test_ema_comparison_of_average_and_trained_weights():
+    from workbench.train import ema_comparison
+
+    def rec(avg, raw):
+        return {"epoch": 1, "val": {"miou": avg}, "val_raw": {"miou": raw}}
+
+    c = ema_comparison([{"epoch": 1}, rec(0.60, 0.58), rec(0.62, 0.65), {"epoch": 3, "val": {"miou": 0.7}}, rec(0.61, 0.60)])
+    assert c["evaluations"] == 3  # records without both are skipped
+    assert c["best_average"] == pytest.approx(62) and c["best_trained"] == pytest.approx(65)
+    assert c["average_minus_trained_mean"] == pytest.approx((2 - 3 + 1) / 3)
+    assert c["average_minus_trained_range"] == pytest.approx([-3, 2])
+    assert c["spread_average"] == pytest.approx(2) and c["spread_trained"] == pytest.approx(7)
+    assert ema_comparison([{"epoch": 1, "val": {"miou": 0.5}}]) is None
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -638,6 +638,9 @@ class Trainer:
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
         summary = {"best_val_miou": self.best_miou, "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.global_step, "wall_time_s": self.wall_time, "data_pipeline": self.data_pipeline, "out": str(self.out)}
+        if self.ema is not None and rt.is_main:
+            lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
+            summary["ema"] = ema_comparison(json.loads(line) for line in lines if line.strip())
         if rt.is_main:
             atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -693,6 +696,30 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         with contextlib.suppress(Exception):  # a plot must never stop a run
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+
+
+def ema_comparison(records: Iterable[dict]) -> dict[str, Any] | None:
+    """What the weight average bought in a run: validation of the average (``val``) against the trained
+    weights (``val_raw``) at every evaluation of a ``--ema-decay`` run's ``metrics.jsonl`` records.
+
+    Returns ``None`` when no record has both; else mIoU in percent: the best of each, the mean and range of
+    (average - trained), and each one's spread (max - min) over the evaluations, which is how much picking
+    the best epoch on val depends on when one looks.
+    """
+    pairs = [(100 * r["val"]["miou"], 100 * r["val_raw"]["miou"]) for r in records if "val" in r and "val_raw" in r]
+    if not pairs:
+        return None
+    avg, raw = [a for a, _ in pairs], [b for _, b in pairs]
+    diff = [a - b for a, b in pairs]
+    return {
+        "evaluations": len(pairs),
+        "best_average": max(avg),
+        "best_trained": max(raw),
+        "average_minus_trained_mean": sum(diff) / len(diff),
+        "average_minus_trained_range": [min(diff), max(diff)],
+        "spread_average": max(avg) - min(avg),
+        "spread_trained": max(raw) - min(raw),
+    }
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> None:
