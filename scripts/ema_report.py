@@ -8,11 +8,10 @@ their difference over the evaluations, and each one's spread (see ``workbench.tr
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from workbench.train import ema_comparison
+from workbench.train import ema_comparison, read_metrics
 
 
 def main(argv: list[str]) -> int:
@@ -26,8 +25,7 @@ def main(argv: list[str]) -> int:
             print(f"{run}: no metrics.jsonl", file=sys.stderr)
             status = 2
             continue
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        c = ema_comparison(records)
+        c = ema_comparison(read_metrics(path))
         if c is None:
             print(f"{run}: no evaluation with both the average and the trained weights (was it trained with --ema-decay?)")
             continue

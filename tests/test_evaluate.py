@@ -268,6 +268,15 @@ def test_multi_scale_through_evaluate(tmp_path):
     assert res["metrics"]["n_pixels"] == one["metrics"]["n_pixels"]  # scored at the label's resolution
     assert res["metrics"]["confusion"] != one["metrics"]["confusion"]
     assert "scales 0.75 1.25" in format_leaderboard([res])
+    # a manifest only takes the standard protocol's metrics
+    from workbench.evaluate import update_manifest
+
+    before = ckpt.read_bytes()
+    with pytest.raises(EvaluationError, match="standard protocol.*scales"):
+        update_manifest(res)
+    assert ckpt.read_bytes() == before
+    update_manifest(one)
+    assert json.loads(ckpt.read_text())["metrics"]["test"]["miou"] == one["metrics"]["miou"]
     with pytest.raises(ValueError, match="out of range"):
         evaluate_checkpoint(ckpt, scales=(0,), **kw)
 

@@ -143,14 +143,14 @@ def _dataset_option(text: str):
 
 def _cmd_eval(args) -> int:
     from .checkpoint import CheckpointError
-    from .evaluate import EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, update_manifest, write_results
+    from .evaluate import STANDARD_PROTOCOL, EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, protocol_deviations, update_manifest, write_results
 
-    if args.update_manifests:
-        extra = [flag for flag, on in (("--flip", args.flip), ("--scales", args.scales), ("--limit", args.limit is not None)) if on]
+    if args.update_manifests:  # refused before any work, not after minutes of evaluation
+        extra = protocol_deviations({"flip": args.flip, "scales": args.scales, "limit": args.limit})
         if extra:
             print(
-                f"error: --update-manifests records the standard protocol (every image, one full-resolution pass); "
-                f"drop {' '.join(extra)} or evaluate without --update-manifests",
+                f"error: --update-manifests records the standard protocol ({STANDARD_PROTOCOL}); "
+                f"drop {' '.join('--' + k for k in extra)} or evaluate without --update-manifests",
                 file=sys.stderr,
             )
             return 2

@@ -573,13 +573,26 @@ def model_cost(model: nn.Module, in_chans: int = 3, size: tuple[int, int] = (360
 MANIFEST_METRIC_KEYS = ("miou", "pixel_accuracy", "mean_class_accuracy", "per_class_iou", "class_names")
 
 
+STANDARD_PROTOCOL = "every image, one full-resolution pass"
+
+
+def protocol_deviations(options: dict) -> list[str]:
+    """The evaluation options (``flip``, ``scales``, ``limit``) by which ``options`` leave the standard
+    protocol that manifests and leaderboards record (:data:`STANDARD_PROTOCOL`)."""
+    return [k for k in ("flip", "scales", "limit") if options.get(k) not in (None, False)]
+
+
 def update_manifest(result: dict) -> Path:
     """Write ``result``'s metrics into its checkpoint manifest (``metrics.<split>``, plus ``cost``); atomic.
 
-    Only the manifest changes: the weights and their sha256 stay as they are.
+    Only the manifest changes: the weights and their sha256 stay as they are. A result evaluated with
+    test-time augmentation or on part of the split is refused (:func:`protocol_deviations`).
     """
     from .checkpoint import atomic_write_bytes, read_manifest
 
+    deviations = protocol_deviations(result.get("options") or {})
+    if deviations:
+        raise EvaluationError(f"manifests record the standard protocol ({STANDARD_PROTOCOL}); this result used {', '.join(deviations)}")
     manifest = read_manifest(result["checkpoint"])
     path = Path(manifest.pop("_path"))
     m = result["metrics"]

@@ -638,9 +638,8 @@ class Trainer:
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
         summary = {"best_val_miou": self.best_miou, "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.global_step, "wall_time_s": self.wall_time, "data_pipeline": self.data_pipeline, "out": str(self.out)}
-        if self.ema is not None and rt.is_main:
-            lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
-            summary["ema"] = ema_comparison(json.loads(line) for line in lines if line.strip())
+        if self.ema is not None and rt.is_main and (self.out / "metrics.jsonl").exists():
+            summary["ema"] = ema_comparison(read_metrics(self.out / "metrics.jsonl"))
         if rt.is_main:
             atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -698,6 +697,11 @@ class Trainer:
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``, one per epoch, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def ema_comparison(records: Iterable[dict]) -> dict[str, Any] | None:
     """What the weight average bought in a run: validation of the average (``val``) against the trained
     weights (``val_raw``) at every evaluation of a ``--ema-decay`` run's ``metrics.jsonl`` records.
@@ -729,7 +733,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], color="tab:blue", label="train loss")
     ax1.set_xlabel("epoch")
