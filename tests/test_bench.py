@@ -81,3 +81,24 @@ def test_train_bench_rows_and_compiled_variants(monkeypatch):
     md = bench.train_to_markdown(result)
     assert md.count("| fcn32s |") == len(rows) and "| yes (" in md
     assert len(bench.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1)["rows"]) == len(rows) - 2
+
+
+def test_fmt_ms_keeps_the_digits_that_matter():
+    assert [bench.fmt_ms(v) for v in (1.234, 9.996, 28.84, 99.94, 1295.4)] == ["1.23", "10.00", "28.8", "99.9", "1295"]
+
+
+def test_render_rewrites_a_stored_result_without_measuring(tmp_path, monkeypatch):
+    """`bench --render X.json` gives the same table as the run that wrote X.json, from the JSON alone."""
+    import json
+    from types import SimpleNamespace
+
+    result = bench.run_bench(["fcn8s"], size=(64, 64), repeats=1, warmup=0, memory=False, batch=1, reference=False)
+    stored = tmp_path / "gpu.json"
+    stored.write_text(json.dumps(result))
+    assert bench.markdown_for(json.loads(stored.read_text())) == bench.to_markdown(result)
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("--render must not measure"))
+    args = SimpleNamespace(render=str(stored), out=None)
+    assert bench.main(args) == 0
+    assert (tmp_path / "gpu.md").read_text() == bench.to_markdown(result) + "\n"
+    with pytest.raises(ValueError, match="not a stored `workbench bench` result"):
+        bench.markdown_for({"rows": [{"something": 1}]})

@@ -112,6 +112,12 @@ def _peak_memory_mb(name: str, size, batch: int, precision: str, device: str) ->
         return None
 
 
+def fmt_ms(v: float) -> str:
+    """Milliseconds with the digits that matter: ``1.34`` and ``28.8`` for GPU- and small-model-scale
+    figures (whole milliseconds made every H200 row read 1-4), ``1295`` for large ones."""
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
 def _stats(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return {"p50": statistics.median(times), "p90": q[8]}
@@ -505,7 +511,7 @@ def encoders_to_markdown(result: dict) -> str:
         "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['encoder']} | {r['params'] / 1e6:.2f} | {r['fp16_mb']:.1f} | {'yes' if r['residual'] else 'no'} | {r['latency_fp32_ms']:.0f} | {r[f'latency_{fast}_ms']:.0f} |")
+        lines.append(f"| {r['encoder']} | {r['params'] / 1e6:.2f} | {r['fp16_mb']:.1f} | {'yes' if r['residual'] else 'no'} | {fmt_ms(r['latency_fp32_ms'])} | {fmt_ms(r[f'latency_{fast}_ms'])} |")
     return "\n".join(lines)
 
 
@@ -523,8 +529,8 @@ def to_markdown(result: dict) -> str:
     for r in result["rows"]:
         mem = r.get(f"peak_memory_b{b}_mb")
         lines.append(
-            f"| {r['architecture']} | {r['params'] / 1e6:.2f} | {r.get('gflops', float('nan')):.1f} | {r['latency_fp32_eager_p50_ms']:.0f} | {r['latency_p50_ms']:.0f} | "
-            f"{r['latency_p90_ms']:.0f} | {r['speedup_vs_fp32_eager']:.2f}x | {r[f'throughput_b{b}_img_s']:.1f} | {'-' if mem is None else f'{mem:.0f}'} | "
+            f"| {r['architecture']} | {r['params'] / 1e6:.2f} | {r.get('gflops', float('nan')):.1f} | {fmt_ms(r['latency_fp32_eager_p50_ms'])} | {fmt_ms(r['latency_p50_ms'])} | "
+            f"{fmt_ms(r['latency_p90_ms'])} | {r['speedup_vs_fp32_eager']:.2f}x | {r[f'throughput_b{b}_img_s']:.1f} | {'-' if mem is None else f'{mem:.0f}'} | "
             f"{r.get('achieved_gflop_s', float('nan')):.0f} | {100 * r.get('share_of_peak', float('nan')):.0f}% |"
         )
     ref = result.get("reference")
@@ -532,13 +538,38 @@ def to_markdown(result: dict) -> str:
         lines += [
             "",
             f"Reference: {ref['model']} ({ref['params'] / 1e6:.2f} M parameters), {ref['precision']}, input {ref['input'][0]}x{ref['input'][1]}: "
-            f"p50 {ref['latency_p50_ms']:.0f} ms, p90 {ref['latency_p90_ms']:.0f} ms."
+            f"p50 {fmt_ms(ref['latency_p50_ms'])} ms, p90 {fmt_ms(ref['latency_p90_ms'])} ms."
             + (f" Our `unet` on the fast path is **{ref['unet_speedup_vs_smp']:.2f}x** faster." if "unet_speedup_vs_smp" in ref else ""),
         ]
     return "\n".join(lines)
 
 
+def markdown_for(result: dict) -> str:
+    """The Markdown table of any stored ``bench`` result (``bench --render X.json``), by its shape."""
+    if "profile" in result:
+        return request_to_markdown(result["profile"], result.get("end_to_end"), result.get("profile_upload"))
+    rows = result.get("rows") or [{}]
+    if "engine" in rows[0]:
+        return engines_to_markdown(result)
+    if "encoder" in rows[0]:
+        return encoders_to_markdown(result)
+    if "step_s" in rows[0]:
+        return train_to_markdown(result)
+    if "latency_p50_ms" in rows[0]:
+        return to_markdown(result)
+    raise ValueError("not a stored `workbench bench` result: expected 'profile' or rows of engines, encoders, training steps or architectures")
+
+
 def main(args) -> int:
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        md = markdown_for(result)
+        if args.out is None:  # re-render in place: the .md beside the JSON
+            args.out = str(Path(args.render).with_suffix(""))
+        print(md)
+        Path(args.out).with_suffix(".md").write_text(md + "\n")
+        print(f"wrote {Path(args.out).with_suffix('.md')}")
+        return 0
     if args.engines:
         result = run_engine_bench((args.arch or ["unet"])[0], size=tuple(args.size), repeats=args.repeats)
         md = engines_to_markdown(result)

@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engines", action="store_true", help="one architecture through torch eager, the fast path, torch.compile and ONNX Runtime")
     s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
     s.add_argument("--image", default=None, help="image for --request (default: the first CamVid test image)")
+    s.add_argument("--render", metavar="JSON", help="measure nothing: rewrite the Markdown table of a stored result (to --out, else beside the JSON)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("bench-data", help="training data pipeline throughput without a model: DataLoader (CPU workers) vs the device loader")
