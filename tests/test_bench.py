@@ -102,3 +102,21 @@ def test_render_rewrites_a_stored_result_without_measuring(tmp_path, monkeypatch
     assert (tmp_path / "gpu.md").read_text() == bench.to_markdown(result) + "\n"
     with pytest.raises(ValueError, match="not a stored `workbench bench` result"):
         bench.markdown_for({"rows": [{"something": 1}]})
+
+
+def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
+    """Every engine row carries its latency and label agreement with fp32 eager; the compiled row also
+    records what a second input size costs (the reason the app does not compile)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda m: m)  # the wiring, not Inductor (timings are not checked here)
+    result = bench.run_engine_bench("fcn8s", size=(48, 72), repeats=1)
+    rows = {r["engine"].split(" (")[0]: r for r in result["rows"]}
+    assert rows["torch eager fp32"]["label_agreement"] == 1.0
+    for r in result["rows"]:
+        if "error" not in r:
+            assert r["latency_p50_ms"] > 0 and 0.5 <= r["label_agreement"] <= 1.0
+    comp = rows["torch.compile of the fast path"]
+    assert comp["new_size"] == [64, 96] and comp["new_size_first_call_s"] > 0 and comp["compile_s"] > 0
+    md = bench.engines_to_markdown(result)
+    assert "first call at 64x96" in md and bench.markdown_for(result) == md
