@@ -104,6 +104,7 @@ def test_render_rewrites_a_stored_result_without_measuring(tmp_path, monkeypatch
         bench.markdown_for({"rows": [{"something": 1}]})
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the ONNX row traces the model's size checks
 def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
     """Every engine row carries its latency and label agreement with fp32 eager; the compiled row also
     records what a second input size costs (the reason the app does not compile)."""
