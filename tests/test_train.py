@@ -240,6 +240,28 @@ def test_init_from_starts_from_a_checkpoint_and_records_it(tmp_path):
     assert manifest["training"]["command"] == "child-command"
 
 
+@pytest.mark.slow
+def test_resumed_fine_tune_keeps_its_start_even_when_the_start_file_changed(tmp_path):
+    """--resume takes weights and provenance from resume.safetensors, not from the --init-from file.
+
+    The file may have been overwritten since (an export of this very run into checkpoints/) or removed;
+    the resumed run must neither fail nor record the wrong start.
+    """
+    import shutil
+
+    from workbench.train import Trainer
+
+    train(_cfg(tmp_path / "parent", epochs=1, max_steps=3), command="parent-command")
+    shutil.copytree(tmp_path / "parent" / "run", tmp_path / "start")
+    start = tmp_path / "start" / "best.json"
+    want_sha = json.loads(start.read_text())["weights"]["sha256"]
+    Trainer(_cfg(tmp_path / "child", epochs=2, init_from=str(start)), command="child-command").fit(stop_after_epoch=1)
+    shutil.rmtree(tmp_path / "start")  # the start checkpoint is gone (or replaced) before the resume
+    train(_cfg(tmp_path / "child", epochs=2, init_from=str(start), resume=True), command="child-command")
+    init = json.loads((tmp_path / "child" / "run" / "last.json").read_text())["training"]["init_from"]
+    assert init["weights_sha256"] == want_sha and init["training"]["command"] == "parent-command"
+
+
 def test_init_from_refuses_a_different_network(tmp_path):
     train(_cfg(tmp_path / "parent", epochs=1, max_steps=1))
     start = str(tmp_path / "parent" / "run" / "best.json")

@@ -407,7 +407,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.arch, num_classes=self.train_set.num_classes, in_chans=self.train_set.in_chans, encoder=cfg.encoder, upsample=cfg.upsample, **cfg.model_kwargs)
         self.model_config = model.workbench_config
-        self.init_from = _init_weights(model, cfg.init_from) if cfg.init_from else None
+        # A resumed run takes its weights and its start's provenance from resume.safetensors: the --init-from
+        # file may have been replaced since (e.g. by an export of this very run) or removed.
+        resuming = cfg.resume and (self.out / "resume.safetensors").exists()
+        self.init_from = _init_weights(model, cfg.init_from) if cfg.init_from and not resuming else None
         if cfg.sync_bn and rt.world > 1:
             if rt.device.type != "cuda":
                 warnings.warn("SyncBatchNorm needs CUDA; training with per-process BatchNorm statistics")
@@ -457,6 +460,7 @@ class Trainer:
             "epoch_stats": self.epoch_stats,
             "config": dataclasses.asdict(self.cfg),
             "data_pipeline": self.data_pipeline,
+            "init_from": self.init_from,
         }
 
     def save_resume(self) -> None:
@@ -465,6 +469,10 @@ class Trainer:
 
     def _load_resume(self) -> None:
         state = load_state(self.out / "resume.safetensors")
+        if "init_from" in state:
+            self.init_from = state["init_from"]
+        elif self.cfg.init_from:  # a state written before the provenance was kept in it
+            self.init_from = _init_weights(_unwrap(self.model), self.cfg.init_from)
         _unwrap(self.model).load_state_dict(state["model"])
         if self.ema is not None:  # a run that had no average yet starts one from the resumed weights
             self.ema.module.load_state_dict(state.get("ema") or state["model"])
