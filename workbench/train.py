@@ -310,6 +310,7 @@ class Trainer:
         self.data_pipeline = "device" if resolve_data_on_device(cfg.data_on_device, self.rt.device, self.rt.world) else "dataloader"
         self.out = Path(cfg.out)
         self._prepare_out_dir()
+        self.resuming = cfg.resume and (self.out / "resume.safetensors").exists()
         seed_everything(cfg.seed)
         self._build_data()
         self._build_model()
@@ -317,7 +318,7 @@ class Trainer:
         self.best_miou, self.best_epoch = -1.0, -1
         self.wall_time = 0.0
         self.epoch_stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0}  # of the current epoch, kept across resumes
-        if cfg.resume and (self.out / "resume.safetensors").exists():
+        if self.resuming:
             self._load_resume()
 
     # -- setup
@@ -409,8 +410,7 @@ class Trainer:
         self.model_config = model.workbench_config
         # A resumed run takes its weights and its start's provenance from resume.safetensors: the --init-from
         # file may have been replaced since (e.g. by an export of this very run) or removed.
-        resuming = cfg.resume and (self.out / "resume.safetensors").exists()
-        self.init_from = _init_weights(model, cfg.init_from) if cfg.init_from and not resuming else None
+        self.init_from = _init_weights(model, cfg.init_from) if cfg.init_from and not self.resuming else None
         if cfg.sync_bn and rt.world > 1:
             if rt.device.type != "cuda":
                 warnings.warn("SyncBatchNorm needs CUDA; training with per-process BatchNorm statistics")
