@@ -4,6 +4,7 @@ fit its run, or a queue fails hours into a CPU session. The shell queues are rea
 
 import argparse
 import importlib.util
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from workbench.checkpoint import read_manifest
+from workbench.losses import parse_loss
 from workbench.registry import create_model
 from workbench.train import _init_weights, build_parser, config_from_args
 
@@ -19,7 +21,7 @@ QUEUES = ["train_zoo.sh", "train_upsampling.sh", "finetune_lovasz.sh"]
 
 
 def _dry_run(script: str, tmp_path: Path) -> list[list[str]]:
-    out = subprocess.run(["bash", str(ROOT / "scripts" / script), str(tmp_path / "runs")], env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
+    out = subprocess.run(["bash", str(ROOT / "scripts" / script), str(tmp_path / "runs")], env={**os.environ, "DRY_RUN": "1"},
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [shlex.split(line)[1:] for line in out.splitlines() if line.startswith("train ")]
 
@@ -35,8 +37,6 @@ def _check(argv: list[str]) -> None:
     args = build_parser(argparse.ArgumentParser(exit_on_error=False)).parse_args(argv)
     cfg = config_from_args(args)
     cfg.validate()
-    from workbench.losses import parse_loss
-
     parse_loss(cfg.loss)
     if cfg.init_from:
         manifest = read_manifest(ROOT / cfg.init_from)
