@@ -13,6 +13,15 @@ reproduced with plain `workbench train` and that command, on any machine.
 
 --export writes each run's best (val) checkpoint as fp16 safetensors + manifest into OUT; evaluate them on
 the original test split with `workbench eval ... --split test --update-manifests` (scripts/publish_zoo.sh).
+
+One schedule across several device calls (a call runs at most 10 minutes; a session has about 30): with
+--plan-budget the epochs are planned for that many seconds of training in all, not for --budget, which then
+only bounds this call. A later call with the same --runs finds each run's resume state and continues it
+(`workbench train --resume`, same epochs and schedule) until --budget is spent; the run saves its resume
+state after every epoch, so a call's end loses at most one epoch. --plan-budget counts training only: leave
+each call's start-up (about 30 s) and export out of it. scripts/gpu_session.sh carries the state between calls.
+
+    python scripts/train_zoo_gpu.py --budget 500 --plan-budget 1400 --jobs tiramisu_lovasz --runs .gpurun   # every call
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,7 +71,18 @@ def _train(name: str, runs: Path, extra: list[str], threads: int, timeout: float
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def _planned_epochs(run: Path) -> int | None:
+    """The epochs of a run that can be resumed (its config.yaml), or None if ``run`` holds no resume state."""
+    if not (run / "resume.safetensors").is_file():
+        return None
+    import yaml
+
+    return int(yaml.safe_load((run / "config.yaml").read_text())["epochs"])
+
+
 def _epoch_times(run: Path) -> list[float]:
+    if not (run / "metrics.jsonl").is_file():  # a run stopped before its first epoch ended
+        return []
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
     return [r["epoch_time_s"] for r in rows if "epoch_time_s" in r]
 
@@ -74,9 +95,22 @@ def main() -> None:
     p.add_argument("--val-every", type=int, default=10)
     p.add_argument("--max-epochs", type=int, default=1000)
     p.add_argument("--export", type=Path, default=None)
+    p.add_argument("--plan-budget", type=float, default=None,
+                   help="seconds of training to plan the epochs for, over several calls (default: --budget)")
     a = p.parse_args()
     t0 = time.monotonic()
     a.runs.mkdir(parents=True, exist_ok=True)
+    resumable = {n: _planned_epochs(a.runs / f"camvid_{n}") for n in a.jobs}
+    if all(e is not None for e in resumable.values()):
+        # a later call: continue every run's schedule for what this call has left
+        threads = max(1, (os.cpu_count() or 1) // len(a.jobs))
+        print(f"resuming: {json.dumps(resumable)}", flush=True)
+        procs = {n: _train(n, a.runs, ["--epochs", str(resumable[n]), "--val-every", str(a.val_every), "--resume"],
+                           threads, timeout=a.budget - 30) for n in a.jobs}
+        _finish(a, procs, t0)
+        return
+    if any(e is not None for e in resumable.values()):
+        sys.exit(f"{a.runs} holds resume state for some of the jobs only ({resumable}): resume those alone, or use new --runs")
     calib = a.runs / "_calibration"
     calib.mkdir(exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // len(a.jobs))
@@ -87,7 +121,7 @@ def main() -> None:
             sys.exit(f"calibration of {n} failed: see {calib}/camvid_{n}.log")
         walls[n] = time.monotonic() - t0
     spent = time.monotonic() - t0
-    left = a.budget - spent - 60  # export, the last validation, slack
+    left = (a.budget if a.plan_budget is None else a.plan_budget) - spent - 60  # export, the last validation, slack
     plan = {}
     for n in a.jobs:
         times = _epoch_times(calib / f"camvid_{n}")
@@ -101,8 +135,14 @@ def main() -> None:
         epochs = max(a.val_every, min(a.max_epochs, epochs - epochs % a.val_every))
         plan[n] = {"epoch_s": round(times[-1], 2), "overhead_s": round(overhead, 1), "epochs": epochs}
     print(f"calibration took {spent:.0f} s; plan: {json.dumps(plan)}", flush=True)
+    shutil.rmtree(calib)  # its resume states must not travel with the runs to the next call
     procs = {n: _train(n, a.runs, ["--epochs", str(plan[n]["epochs"]), "--val-every", str(a.val_every)],
                        threads, timeout=a.budget - (time.monotonic() - t0) - 30) for n in a.jobs}
+    _finish(a, procs, t0)
+
+
+def _finish(a: argparse.Namespace, procs: dict, t0: float) -> None:
+    """Wait for the runs, report them, export each run's best checkpoint."""
     for n, pr in procs.items():
         rc = pr.wait()
         t = _epoch_times(a.runs / f"camvid_{n}")

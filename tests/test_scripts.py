@@ -4,6 +4,7 @@ fit its run, or a queue fails hours into a CPU session. The shell queues are rea
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
@@ -26,10 +27,15 @@ def _dry_run(script: str, tmp_path: Path) -> list[list[str]]:
     return [shlex.split(line)[1:] for line in out.splitlines() if line.startswith("train ")]
 
 
-def _gpu_driver_commands() -> list[list[str]]:
+def _gpu_driver():
     spec = importlib.util.spec_from_file_location("train_zoo_gpu", ROOT / "scripts" / "train_zoo_gpu.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def _gpu_driver_commands() -> list[list[str]]:
+    mod = _gpu_driver()
     return [[*mod.RECIPE, *job, "--epochs", "2", "--out", f"runs/gpu/camvid_{name}"] for name, job in mod.JOBS.items()]
 
 
@@ -86,3 +92,104 @@ def test_the_check_catches_a_wrong_flag_and_a_mismatched_start():
         _check(["--arch", "unet", "--learning-rate", "1e-3"])
     with pytest.raises(ValueError, match="is a 'unet', this run trains 'fcn8s'"):
         _check(["--arch", "fcn8s", "--init-from", "checkpoints/camvid_unet.json"])
+
+
+# --------------------------------------------------------------------- the GPU driver over several calls
+
+# a synthetic job small enough to train here in seconds, through the driver's real `workbench train` calls
+TINY_RECIPE = ["--dataset", "synthetic", "--dataset-options", '{"length": 16, "size": [64, 64]}', "--crop", "64", "64",
+               "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--val-limit", "4", "--no-cache",
+               "--data-on-device", "off"]
+TINY_JOB = ["--arch", "unet", "--encoder", "test_resnet", "--lr", "3e-3", "--warmup-steps", "2"]
+
+
+class _FakeProcess:
+    def __init__(self, rc: int = 0) -> None:
+        self.rc = rc
+
+    def wait(self) -> int:
+        return self.rc
+
+
+def _fake_driver(monkeypatch, epoch_s: float = 2.0):
+    """The driver with `workbench train` replaced by a recorder; calibration runs leave their epoch times."""
+    mod = _gpu_driver()
+    calls = []
+
+    def fake_train(name, runs, extra, threads, timeout=None):
+        calls.append({"name": name, "runs": runs, "extra": extra, "timeout": timeout})
+        run = runs / f"camvid_{name}"
+        run.mkdir(parents=True, exist_ok=True)
+        if runs.name == "_calibration":
+            (run / "metrics.jsonl").write_text("".join(f'{{"epoch": {e}, "epoch_time_s": {epoch_s}}}\n' for e in (1, 2)))
+            (run / "resume.safetensors").write_bytes(b"state")
+        return _FakeProcess()
+
+    monkeypatch.setattr(mod, "_train", fake_train)
+    return mod, calls
+
+
+def _run_driver(mod, monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr("sys.argv", ["train_zoo_gpu.py", *argv])
+    mod.main()
+
+
+def test_the_gpu_driver_plans_epochs_for_the_plan_budget_and_drops_its_calibration(monkeypatch, tmp_path):
+    mod, calls = _fake_driver(monkeypatch, epoch_s=2.0)
+    _run_driver(mod, monkeypatch, "--budget", "500", "--jobs", "tiramisu_lovasz", "--runs", str(tmp_path))
+    one_call = int(calls[-1]["extra"][calls[-1]["extra"].index("--epochs") + 1])
+    calls.clear()
+    _run_driver(mod, monkeypatch, "--budget", "500", "--plan-budget", "1500", "--jobs", "tiramisu_lovasz", "--runs", str(tmp_path / "b"))
+    train = calls[-1]
+    planned = int(train["extra"][train["extra"].index("--epochs") + 1])
+    assert planned > 2.5 * one_call  # the epochs fill 1500 s of training, not the 500 s of this call
+    assert train["timeout"] < 500 and "--resume" not in train["extra"]  # this call still ends inside --budget
+    assert not (tmp_path / "b" / "_calibration").exists()  # its resume states must not travel to the next call
+
+
+def test_a_later_gpu_call_resumes_each_run_with_its_planned_epochs(monkeypatch, tmp_path):
+    mod, calls = _fake_driver(monkeypatch)
+    run = tmp_path / "camvid_tiramisu_lovasz"
+    run.mkdir()
+    (run / "resume.safetensors").write_bytes(b"state")
+    (run / "config.yaml").write_text("arch: tiramisu\nepochs: 310\n")
+    _run_driver(mod, monkeypatch, "--budget", "480", "--plan-budget", "1500", "--jobs", "tiramisu_lovasz", "--runs", str(tmp_path))
+    assert len(calls) == 1  # no calibration
+    extra = calls[0]["extra"]
+    assert "--resume" in extra and extra[extra.index("--epochs") + 1] == "310"
+    assert calls[0]["timeout"] <= 480 - 30
+
+
+def test_the_gpu_driver_refuses_to_resume_only_some_of_its_jobs(monkeypatch, tmp_path):
+    mod, _ = _fake_driver(monkeypatch)
+    run = tmp_path / "camvid_tiramisu_lovasz"
+    run.mkdir()
+    (run / "resume.safetensors").write_bytes(b"state")
+    (run / "config.yaml").write_text("epochs: 310\n")
+    with pytest.raises(SystemExit, match="resume state for some of the jobs only"):
+        _run_driver(mod, monkeypatch, "--budget", "480", "--jobs", "tiramisu_lovasz", "unet", "--runs", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_gpu_run_cut_off_by_its_call_continues_in_the_next(monkeypatch, tmp_path):
+    """The real thing, on the CPU: a run stopped after its first epoch (what the call's time limit does) is
+    continued by the next driver call through `workbench train --resume`, and its best checkpoint exported."""
+    from workbench.train import Trainer
+
+    mod = _gpu_driver()
+    monkeypatch.setattr(mod, "RECIPE", TINY_RECIPE)
+    monkeypatch.setattr(mod, "JOBS", {"tiny": TINY_JOB})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    argv = [*TINY_RECIPE, *TINY_JOB, "--epochs", "2", "--val-every", "1", "--out", str(runs / "camvid_tiny")]
+    cut = Trainer(config_from_args(build_parser().parse_args(argv)), command="first call")
+    cut.fit(stop_after_epoch=1)  # the first call's time ran out here
+    cut.close()
+    monkeypatch.chdir(ROOT)  # the driver runs `python -m workbench` from the repository root
+    _run_driver(mod, monkeypatch, "--budget", "300", "--plan-budget", "600", "--jobs", "tiny", "--runs", str(runs),
+                "--val-every", "1", "--export", str(tmp_path / "ckpt"))
+    log = (runs / "camvid_tiny.log").read_text()
+    assert "resumed" in log and "at epoch 1" in log, log[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in (runs / "camvid_tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert (tmp_path / "ckpt" / "camvid_tiny.json").is_file()
