@@ -5,7 +5,7 @@
 #   OUT=/tmp/out BUDGET=360 JOBS="residual_unet smp_unet" bash scripts/gpu_session.sh
 # One schedule over several calls (README, Training): PLAN_BUDGET seconds of training in all, the runs in
 # RUNS (a folder the next call carries), TESTS=none and BENCH=none to give a call's time to training alone:
-#   OUT=/tmp/out BUDGET=500 PLAN_BUDGET=1400 RUNS=.gpurun TESTS=none BENCH=none JOBS=tiramisu_lovasz bash scripts/gpu_session.sh
+#   OUT=/tmp/out BUDGET=540 PLAN_BUDGET=1000 RUNS=.gpurun TESTS=none BENCH=none JOBS=tiramisu_lovasz bash scripts/gpu_session.sh
 # Each such call returns the runs' resume state as state.tar.*; here, `cat state.tar.* | tar xf -` in the
 # repository root puts it back into RUNS, and the next call (carry .gpudata and RUNS) continues the runs.
 set -uo pipefail

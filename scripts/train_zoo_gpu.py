@@ -21,7 +21,7 @@ only bounds this call. A later call with the same --runs finds each run's resume
 state after every epoch, so a call's end loses at most one epoch. --plan-budget counts training only: leave
 each call's start-up (about 30 s) and export out of it. scripts/gpu_session.sh carries the state between calls.
 
-    python scripts/train_zoo_gpu.py --budget 500 --plan-budget 1400 --jobs tiramisu_lovasz --runs .gpurun   # every call
+    python scripts/train_zoo_gpu.py --budget 540 --plan-budget 1000 --jobs tiramisu_lovasz --runs .gpurun   # every call
 """
 
 from __future__ import annotations

@@ -121,3 +121,18 @@ def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
     assert comp["new_size"] == [64, 96] and comp["new_size_first_call_s"] > 0 and comp["compile_s"] > 0
     md = bench.engines_to_markdown(result)
     assert "first call at 64x96" in md and bench.markdown_for(result) == md
+
+
+def test_loss_bench_times_every_term_and_checks_lovasz_against_smp():
+    import json
+
+    from workbench.losses import LOSSES
+
+    result = bench.run_loss_bench(batch_size=2, size=(16, 16), repeats=1)
+    rows = {r["loss"]: r for r in result["rows"]}
+    assert set(rows) == {*LOSSES, "lovasz (smp)"}
+    assert rows["lovasz"]["value"] == pytest.approx(rows["lovasz (smp)"]["value"], rel=1e-5)  # the same loss
+    assert rows["ce"]["vs_ce"] == 1.0 and all(r["ms"] > 0 for r in rows.values())
+    assert result["lovasz_speedup_vs_smp"] == pytest.approx(rows["lovasz (smp)"]["ms"] / rows["lovasz"]["ms"])
+    md = bench.markdown_for(json.loads(json.dumps(result)))
+    assert md == bench.losses_to_markdown(result) and "| lovasz (smp) |" in md and "2 x 11 classes x 16x16" in md

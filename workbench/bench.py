@@ -492,6 +492,58 @@ def train_to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_loss_bench(*, batch_size: int = 8, size=(224, 224), num_classes: int = 11, device: str = "auto", repeats: int = 5) -> dict:
+    """Forward + backward of every loss term on random logits with 5% void pixels, and smp's Lovasz-softmax beside ours."""
+    import segmentation_models_pytorch as smp
+
+    from .classes import IGNORE_INDEX
+    from .losses import LOSSES, build_loss
+
+    dev = resolve_device(device)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch_size, num_classes, *size, generator=g).to(dev).requires_grad_()
+    target = torch.randint(0, num_classes, (batch_size, *size), generator=g)
+    target[torch.rand(batch_size, *size, generator=g) < 0.05] = IGNORE_INDEX
+    target = target.to(dev)
+    smp_lovasz = smp.losses.LovaszLoss("multiclass", ignore_index=IGNORE_INDEX)
+    losses = {name: build_loss(name) for name in LOSSES}
+    losses["lovasz (smp)"] = lambda x, y: smp_lovasz(x.float(), y)
+    rows = []
+    for name, loss in losses.items():
+        times = []
+        for i in range(1 + repeats):
+            logits.grad = None
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            value = loss(logits, target)
+            value.backward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - t)
+        rows.append({"loss": name, "batch_size": batch_size, "num_classes": num_classes, "size": list(size), "ms": 1000 * statistics.median(times), "value": float(value.detach())})
+    ms = {r["loss"]: r["ms"] for r in rows}
+    for r in rows:
+        r["vs_ce"] = r["ms"] / ms["ce"]
+    return {"machine": machine_description(), "device": str(dev), "rows": rows, "lovasz_speedup_vs_smp": ms["lovasz (smp)"] / ms["lovasz"]}
+
+
+def losses_to_markdown(result: dict) -> str:
+    m, rows = result["machine"], result["rows"]
+    b, (h, w) = rows[0]["batch_size"], rows[0]["size"]
+    lines = [
+        f"Loss forward + backward on random logits ({b} x {rows[0]['num_classes']} classes x {h}x{w}, 5% void), device {result['device']}, "
+        f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}; median of the repeats",
+        "",
+        "| loss | ms | x cross-entropy | value |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {r['loss']} | {r['ms']:.1f} | {r['vs_ce']:.1f} | {r['value']:.6f} |" for r in rows]
+    lines += ["", f"Our Lovasz-softmax against smp's: **{result['lovasz_speedup_vs_smp']:.2f}x** faster (the same value)."]
+    return "\n".join(lines)
+
+
 ENCODER_CANDIDATES = ("resnet10t", "resnet18", "resnet34", "efficientnet_b0", "mobilenetv3_large_100", "regnetx_004", "convnext_atto")
 
 
@@ -567,6 +619,8 @@ def markdown_for(result: dict) -> str:
         return encoders_to_markdown(result)
     if "step_s" in rows[0]:
         return train_to_markdown(result)
+    if "loss" in rows[0]:
+        return losses_to_markdown(result)
     if "latency_p50_ms" in rows[0]:
         return to_markdown(result)
     raise ValueError("not a stored `workbench bench` result: expected 'profile' or rows of engines, encoders, training steps or architectures")
@@ -595,6 +649,9 @@ def main(args) -> int:
         result = {"machine": machine_description(), "profile": prof, "profile_upload": upload, "end_to_end": e2e}
     elif args.encoders:
         result = run_encoder_bench(repeats=args.repeats)
+    elif args.losses:
+        size = tuple(args.size) if args.size != [360, 480] else (224, 224)
+        result = run_loss_bench(batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats)
     elif args.train:
         size = tuple(args.size) if args.size != [360, 480] else (224, 224)
         result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats, compile=args.compile)
