@@ -129,6 +129,13 @@ def _fake_driver(monkeypatch, epoch_s: float = 2.0):
     return mod, calls
 
 
+def _resumable_run(run: Path, epochs: int) -> None:
+    """What a call cut off mid-schedule leaves: a resume state and the run's config."""
+    run.mkdir(parents=True)
+    (run / "resume.safetensors").write_bytes(b"state")
+    (run / "config.yaml").write_text(f"arch: tiramisu\nepochs: {epochs}\n")
+
+
 def _run_driver(mod, monkeypatch, *argv: str) -> None:
     monkeypatch.setattr("sys.argv", ["train_zoo_gpu.py", *argv])
     mod.main()
@@ -149,10 +156,7 @@ def test_the_gpu_driver_plans_epochs_for_the_plan_budget_and_drops_its_calibrati
 
 def test_a_later_gpu_call_resumes_each_run_with_its_planned_epochs(monkeypatch, tmp_path):
     mod, calls = _fake_driver(monkeypatch)
-    run = tmp_path / "camvid_tiramisu_lovasz"
-    run.mkdir()
-    (run / "resume.safetensors").write_bytes(b"state")
-    (run / "config.yaml").write_text("arch: tiramisu\nepochs: 310\n")
+    _resumable_run(tmp_path / "camvid_tiramisu_lovasz", epochs=310)
     _run_driver(mod, monkeypatch, "--budget", "480", "--plan-budget", "1500", "--jobs", "tiramisu_lovasz", "--runs", str(tmp_path))
     assert len(calls) == 1  # no calibration
     extra = calls[0]["extra"]
@@ -162,10 +166,7 @@ def test_a_later_gpu_call_resumes_each_run_with_its_planned_epochs(monkeypatch, 
 
 def test_the_gpu_driver_refuses_to_resume_only_some_of_its_jobs(monkeypatch, tmp_path):
     mod, _ = _fake_driver(monkeypatch)
-    run = tmp_path / "camvid_tiramisu_lovasz"
-    run.mkdir()
-    (run / "resume.safetensors").write_bytes(b"state")
-    (run / "config.yaml").write_text("epochs: 310\n")
+    _resumable_run(tmp_path / "camvid_tiramisu_lovasz", epochs=310)
     with pytest.raises(SystemExit, match="resume state for some of the jobs only"):
         _run_driver(mod, monkeypatch, "--budget", "480", "--jobs", "tiramisu_lovasz", "unet", "--runs", str(tmp_path))
 
