@@ -1,4 +1,4 @@
-"""Training: learning on the synthetic set, exact resume after SIGKILL, 2-process DDP, config handling."""
+"""Training: learning on the synthetic set, exact resume after SIGKILL and after SIGINT/SIGTERM, 2-process DDP, config handling."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench.train import TrainConfig, build_parser, config_from_args, lr_lambda, train  # noqa: E402
+from workbench.train import Trainer, TrainConfig, TrainingInterrupted, build_parser, config_from_args, lr_lambda, train  # noqa: E402
 
 # A tiny but real recipe: U-Net on the smallest timm encoder, synthetic shapes, fp32 for exact comparisons.
 BASE = dict(
@@ -134,6 +134,51 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
     workbench.load_checkpoint(killed / "best.json")
     workbench.load_checkpoint(killed / "last.json")
+
+
+def test_a_stop_signal_ends_the_run_after_the_step_in_progress_and_resume_loses_nothing(tmp_path):
+    clean = _cfg(tmp_path, epochs=2, out=str(tmp_path / "clean"))
+    train(clean)
+    stopped = _cfg(tmp_path, epochs=2, out=str(tmp_path / "stopped"))
+    trainer = Trainer(stopped)
+    trainer.stop_signal = signal.SIGTERM  # what the handler sets
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM: stopped after epoch 1's step 1/8 \(global step 1\).*--resume") as info:
+        trainer.fit()
+    trainer.close()
+    assert info.value.signum == signal.SIGTERM
+    from workbench.state import load_state
+
+    assert load_state(Path(stopped.out) / "resume.safetensors")["global_step"] == 1  # saved at once, no periodic resume point needed
+    assert not (Path(stopped.out) / "metrics.jsonl").exists()  # the unfinished epoch is not logged
+    train(_cfg(tmp_path, epochs=2, out=stopped.out, resume=True))
+    a, b = _weights(Path(clean.out)), _weights(Path(stopped.out))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_resume_state_and_exits_130(tmp_path):
+    """A real SIGINT to `workbench train` between periodic resume points: it stops, saves, says how to continue."""
+    common = ["--arch", "unet", "--encoder", "test_resnet", "--dataset", "synthetic", "--dataset-options", json.dumps({"length": 32, "size": [64, 64]}),
+              "--crop", "64", "64", "--batch-size", "4", "--workers", "1", "--precision", "fp32", "--epochs", "3", "--val-every", "1",
+              "--val-limit", "4", "--no-cache", "--warmup-steps", "5", "--out", str(tmp_path / "run")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", *common], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    from workbench.state import load_state
+
+    state_file = tmp_path / "run" / "resume.safetensors"
+    deadline = time.time() + 300
+    while time.time() < deadline and not state_file.exists():  # the end of epoch 1 writes the first resume point
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted by SIGINT: stopped after epoch" in err and "--resume continues it" in err and "Traceback" not in err
+    step = load_state(state_file)["global_step"]
+    assert 8 < step < 24  # saved on the signal, past the periodic resume point of epoch 1's end
+    done = subprocess.run([sys.executable, "-m", "workbench", "train", *common, "--resume"], env=env, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_state(state_file)["global_step"] == 24
 
 
 _PLAIN_PLUGIN = """

@@ -16,6 +16,9 @@ One loop for CPU, GPU and multi-process runs:
 * ``<out>/resume.safetensors`` (model, optimizer, scheduler, RNG, counters, in
   one atomically written file) every epoch and every ``save_every_steps``
   steps: a run killed with SIGKILL at any moment loses at most the work since;
+* SIGINT (Ctrl-C) and SIGTERM stop a single-process run at the end of the step in progress, after
+  saving its resume state (exit status 130 or 143; a second signal stops at once), so ``--resume``
+  loses nothing;
 * ``<out>/best.{safetensors,json}`` (by validation mIoU) and ``last.*``
   checkpoints, ``metrics.jsonl`` and ``curves.png``;
 * under ``torchrun`` it runs DistributedDataParallel with a DistributedSampler
@@ -32,7 +35,9 @@ import math
 import os
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -51,7 +56,7 @@ from .predictor import autocast_context, cpu_supports_bf16
 from .registry import create_model
 from .state import load_state, save_state
 
-__all__ = ["TrainConfig", "train", "main", "build_parser", "config_from_args"]
+__all__ = ["TrainConfig", "TrainingInterrupted", "train", "main", "build_parser", "config_from_args"]
 
 
 @dataclass
@@ -128,6 +133,19 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99: an average over about 100 steps), got {self.ema_decay}")
+
+
+class TrainingInterrupted(Exception):
+    """A signal stopped the run at a step boundary; its resume state holds every finished step."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops the run cleanly (a terminal sends it to all)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -318,6 +336,7 @@ class Trainer:
         self.best_miou, self.best_epoch = -1.0, -1
         self.wall_time = 0.0
         self.epoch_stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0}  # of the current epoch, kept across resumes
+        self.stop_signal: int | None = None  # set by a SIGINT/SIGTERM handler: stop after the step in progress
         if self.resuming:
             self._load_resume()
 
@@ -385,6 +404,7 @@ class Trainer:
             persistent_workers=workers > 0,  # the epoch travels with each index, so workers can live on
             pin_memory=self.rt.device.type == "cuda",
             generator=torch.Generator().manual_seed(cfg.seed),  # keeps the loader off the global RNG (dropout stays resumable)
+            worker_init_fn=_ignore_sigint if workers > 0 else None,
         )
 
     def _class_weights(self) -> torch.Tensor | None:
@@ -606,6 +626,9 @@ class Trainer:
                 stats["seconds"] += now - t_last
                 t_last = now
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images / max(now - t_epoch, 1e-9):.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.stop_signal is not None:
+                    bar.close()
+                    self._stop_for_signal()
                 if self.global_step >= self.total_steps:
                     done = True
                     break
@@ -651,6 +674,12 @@ class Trainer:
         if rt.is_main:
             atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
+
+    def _stop_for_signal(self) -> None:
+        self.save_resume()
+        name = signal.Signals(self.stop_signal).name
+        raise TrainingInterrupted(self.stop_signal, f"{name}: stopped after epoch {self.epoch + 1}'s step {self.step_in_epoch}/{self.steps_per_epoch} "
+                                  f"(global step {self.global_step}) with the resume state in {self.out}; the same command plus --resume continues it")
 
     def close(self) -> None:
         """Drop the DistributedDataParallel wrapper, whose reducer holds the process group.
@@ -763,12 +792,38 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     trainer = None
     try:
         trainer = Trainer(cfg, command)
-        return trainer.fit()
+        with _stop_on_signals(trainer):
+            return trainer.fit()
     finally:
         if trainer is not None:
             trainer.close()
         del trainer
         shutdown_distributed()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):
+    """SIGINT and SIGTERM ask ``trainer`` to stop after the step in progress (a second one stops at once).
+
+    Single process only: under DDP every rank would have to stop at the same step, so there a signal
+    keeps its default effect and ``--save-every-steps`` bounds the loss.
+    """
+    if trainer.rt.world > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        if trainer.stop_signal is not None:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving the resume state (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def shutdown_distributed() -> None:
@@ -861,7 +916,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except TrainingInterrupted as exc:
+        print(f"interrupted by {exc}", file=sys.stderr)
+        return 128 + exc.signum  # what a shell reports for a command a signal ended
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
