@@ -17,8 +17,8 @@ the original test split with `workbench eval ... --split test --update-manifests
 One schedule across several device calls (a call runs at most 10 minutes; a session has about 30): with
 --plan-budget the epochs are planned for that many seconds of training in all, not for --budget, which then
 only bounds this call. A later call with the same --runs finds each run's resume state and continues it
-(`workbench train --resume`, same epochs and schedule) until --budget is spent; the run saves its resume
-state after every epoch, so a call's end loses at most one epoch. --plan-budget counts training only: leave
+(`workbench train --resume`, same epochs and schedule) until --budget is spent, when the run gets SIGINT and
+saves its resume state at the step it was in, so a call's end loses nothing. --plan-budget counts training only: leave
 each call's start-up (about 30 s) and export out of it. scripts/gpu_session.sh carries the state between calls.
 
     python scripts/train_zoo_gpu.py --budget 540 --plan-budget 1000 --jobs tiramisu_lovasz --runs .gpurun   # every call
