@@ -64,7 +64,7 @@ def _train(name: str, runs: Path, extra: list[str], threads: int, timeout: float
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     if timeout is not None:
-        cmd = ["timeout", "--signal=INT", f"{int(timeout)}", *cmd]
+        cmd = ["timeout", "--signal=INT", "--kill-after=30", f"{int(timeout)}", *cmd]  # SIGINT: the run saves at its step
     # one process per job: split the host's cores between them (unsplit, every process's intra-op pool
     # takes all cores and the host side crawls)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
