@@ -156,6 +156,16 @@ def test_a_stop_signal_ends_the_run_after_the_step_in_progress_and_resume_loses_
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_stop_signal_at_the_last_step_lets_the_run_finish(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1, max_steps=2)
+    trainer = Trainer(cfg)
+    trainer.global_step = trainer.total_steps - 1  # the next step is the last one
+    trainer.stop_signal = signal.SIGINT
+    summary = trainer.fit()  # no TrainingInterrupted: the final validation and checkpoints still happen
+    trainer.close()
+    assert summary["steps"] == trainer.total_steps and (Path(cfg.out) / "best.json").is_file()
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_the_resume_state_and_exits_130(tmp_path):
     """A real SIGINT to `workbench train` between periodic resume points: it stops, saves, says how to continue."""

@@ -626,12 +626,12 @@ class Trainer:
                 stats["seconds"] += now - t_last
                 t_last = now
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images / max(now - t_epoch, 1e-9):.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.global_step >= self.total_steps:  # the last step: a stop request lets the run finish
+                    done = True
+                    break
                 if self.stop_signal is not None:
                     bar.close()
                     self._stop_for_signal()
-                if self.global_step >= self.total_steps:
-                    done = True
-                    break
                 if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0:
                     self.save_resume()
             bar.close()
