@@ -100,10 +100,10 @@ def main() -> None:
     a = p.parse_args()
     t0 = time.monotonic()
     a.runs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // len(a.jobs))
     resumable = {n: _planned_epochs(a.runs / f"camvid_{n}") for n in a.jobs}
     if all(e is not None for e in resumable.values()):
         # a later call: continue every run's schedule for what this call has left
-        threads = max(1, (os.cpu_count() or 1) // len(a.jobs))
         print(f"resuming: {json.dumps(resumable)}", flush=True)
         procs = {n: _train(n, a.runs, ["--epochs", str(resumable[n]), "--val-every", str(a.val_every), "--resume"],
                            threads, timeout=a.budget - 30) for n in a.jobs}
@@ -113,7 +113,6 @@ def main() -> None:
         sys.exit(f"{a.runs} holds resume state for some of the jobs only ({resumable}): resume those alone, or use new --runs")
     calib = a.runs / "_calibration"
     calib.mkdir(exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // len(a.jobs))
     procs = {n: _train(n, calib, ["--epochs", "2", "--val-every", "1000"], threads) for n in a.jobs}
     walls = {}
     for n, pr in procs.items():

@@ -38,6 +38,13 @@ BASE = dict(
 )
 
 
+# The same recipe through the command line (3 epochs of 8 steps), for runs in a separate process.
+CLI_RUN = ["--arch", "unet", "--encoder", "test_resnet", "--dataset", "synthetic", "--dataset-options", json.dumps({"length": 32, "size": [64, 64]}),
+           "--crop", "64", "64", "--batch-size", "4", "--precision", "fp32", "--epochs", "3", "--val-every", "1", "--val-limit", "4",
+           "--no-cache", "--warmup-steps", "5"]
+CLI_ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
 def _cfg(tmp_path, **over) -> TrainConfig:
     kw = dict(BASE, out=str(tmp_path / "run"))
     kw.update(over)
@@ -100,10 +107,8 @@ def test_resume_continues_where_it_stopped(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     """Kill -9 a training process at a random moment; --resume ends in the same state as a clean run."""
-    common = ["--arch", "unet", "--encoder", "test_resnet", "--dataset", "synthetic", "--dataset-options", json.dumps({"length": 32, "size": [64, 64]}),
-              "--crop", "64", "64", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--epochs", "3", "--val-every", "1",
-              "--val-limit", "4", "--save-every-steps", "3", "--no-cache", "--warmup-steps", "5"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    common = [*CLI_RUN, "--workers", "0", "--save-every-steps", "3"]
+    env = CLI_ENV
     clean = tmp_path / "clean"
     subprocess.run([sys.executable, "-m", "workbench", "train", *common, "--out", str(clean)], check=True, env=env, cwd=ROOT, timeout=600, capture_output=True)
 
@@ -169,10 +174,8 @@ def test_a_stop_signal_at_the_last_step_lets_the_run_finish(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_the_resume_state_and_exits_130(tmp_path):
     """A real SIGINT to `workbench train` between periodic resume points: it stops, saves, says how to continue."""
-    common = ["--arch", "unet", "--encoder", "test_resnet", "--dataset", "synthetic", "--dataset-options", json.dumps({"length": 32, "size": [64, 64]}),
-              "--crop", "64", "64", "--batch-size", "4", "--workers", "1", "--precision", "fp32", "--epochs", "3", "--val-every", "1",
-              "--val-limit", "4", "--no-cache", "--warmup-steps", "5", "--out", str(tmp_path / "run")]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    common = [*CLI_RUN, "--workers", "1", "--out", str(tmp_path / "run")]  # a worker process too: Ctrl-C must not kill it
+    env = CLI_ENV
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", *common], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     from workbench.state import load_state
 

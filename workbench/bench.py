@@ -626,6 +626,11 @@ def markdown_for(result: dict) -> str:
     raise ValueError("not a stored `workbench bench` result: expected 'profile' or rows of engines, encoders, training steps or architectures")
 
 
+def _train_size(size: list[int]) -> tuple[int, int]:
+    """--train and --losses measure training-sized crops: 224x224 unless --size was given."""
+    return tuple(size) if size != [360, 480] else (224, 224)
+
+
 def main(args) -> int:
     if args.render:  # measure nothing: the stored result is the source, only its table is rewritten
         result = json.loads(Path(args.render).read_text())
@@ -650,11 +655,9 @@ def main(args) -> int:
     elif args.encoders:
         result = run_encoder_bench(repeats=args.repeats)
     elif args.losses:
-        size = tuple(args.size) if args.size != [360, 480] else (224, 224)
-        result = run_loss_bench(batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats)
+        result = run_loss_bench(batch_size=args.batch_size, size=_train_size(args.size), device=args.device, repeats=args.repeats)
     elif args.train:
-        size = tuple(args.size) if args.size != [360, 480] else (224, 224)
-        result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=size, device=args.device, repeats=args.repeats, compile=args.compile)
+        result = run_train_bench(args.arch or ["unet"], batch_size=args.batch_size, size=_train_size(args.size), device=args.device, repeats=args.repeats, compile=args.compile)
     else:
         result = run_bench(args.arch or None, size=tuple(args.size), precision=args.precision, device=args.device, repeats=args.repeats, flops=not args.no_flops, memory=not args.no_memory)
     md = markdown_for(result)
