@@ -6,6 +6,11 @@ the events. ``demo`` is importable; ``python app.py`` serves it.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python app.py` (a Space): restart with a caching allocator before torch loads
+    from workbench.allocator import reexec_with_allocator
+
+    reexec_with_allocator()
+
 import argparse
 import contextlib
 import html

@@ -136,3 +136,21 @@ def test_loss_bench_times_every_term_and_checks_lovasz_against_smp():
     assert result["lovasz_speedup_vs_smp"] == pytest.approx(rows["lovasz (smp)"]["ms"] / rows["lovasz"]["ms"])
     md = bench.markdown_for(json.loads(json.dumps(result)))
     assert md == bench.losses_to_markdown(result) and "| lovasz (smp) |" in md and "2 x 11 classes x 16x16" in md
+
+
+def test_allocator_bench_runs_each_allocator_in_its_own_process():
+    import json
+
+    from workbench.allocator import find_library
+
+    result = bench.run_allocator_bench(["naive"], batch_size=2, train_size=(32, 32), size=(32, 32), repeats=1)
+    ran = [r["allocator"] for r in result["rows"]]  # each row's allocator is what its process had loaded
+    assert ran == [a for a in bench.ALLOCATORS if a == "system" or find_library(a)]
+    assert result["not_installed"] == [a for a in bench.ALLOCATORS if a not in ran]
+    base = result["rows"][0]
+    assert base["train_speedup"] == 1.0 and base["latency_speedup"] == 1.0
+    for r in result["rows"]:
+        assert r["train_step_s"] > 0 and r["latency_p50_ms"] > 0 and r["max_rss_mb"] > 50 and 0 <= r["kernel_time_share"] < 1
+        assert r["train_speedup"] == pytest.approx(base["train_step_s"] / r["train_step_s"])
+    md = bench.markdown_for(json.loads(json.dumps(result)))
+    assert md == bench.allocators_to_markdown(result) and "| naive | system |" in md and "batch 2 x 32x32" in md

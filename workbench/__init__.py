@@ -11,17 +11,6 @@ Public API::
     pred.labels, pred.probs, pred.latency_ms
 """
 
-from .registry import (
-    ArchitectureInfo,
-    UnknownChoiceError,
-    create_model,
-    get_architecture,
-    list_architectures,
-    load_plugins,
-    plugin_errors,
-    register_architecture,
-)
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -45,7 +34,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # lazy: keep `import workbench` light for plugins and the CLI
+_REGISTRY = {"ArchitectureInfo", "UnknownChoiceError", "create_model", "get_architecture", "list_architectures", "load_plugins", "plugin_errors", "register_architecture"}
+
+
+def __getattr__(name):  # lazy: `import workbench` loads no torch (the CLI re-executes itself before it, see allocator.py)
+    if name in _REGISTRY:
+        from . import registry
+
+        return getattr(registry, name)
     if name in ("save_checkpoint", "load_checkpoint", "CheckpointError"):
         from . import checkpoint
 

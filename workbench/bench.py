@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import active_allocator
 from .analysis import count_flops, count_parameters
 from .predictor import autocast_context, resolve_device, resolve_precision
 from .registry import create_model, list_architectures
@@ -37,7 +38,13 @@ def machine_description() -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        "allocator": active_allocator(),
     }
+
+
+def machine_line(m: dict) -> str:
+    """``2 threads, AMD EPYC, torch 2.x, tcmalloc``: the machine as the tables' captions name it."""
+    return f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}" + (f", {m['allocator']}" if m.get("allocator") else "")
 
 
 @torch.inference_mode()
@@ -336,7 +343,7 @@ def run_engine_bench(name: str = "unet", *, size=(360, 480), repeats: int = 10) 
 def engines_to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"`{result['architecture']}` on 1x3x{result['input'][0]}x{result['input'][1]}, {m['threads']} threads, {m['cpu']}, torch {m['torch']}; "
+        f"`{result['architecture']}` on 1x3x{result['input'][0]}x{result['input'][1]}, {machine_line(m)}; "
         "label agreement = share of pixels whose argmax equals fp32 eager's (random weights: near-ties make this a lower bound).",
         "",
         "| engine | p50 (ms) | label agreement | note |",
@@ -480,7 +487,7 @@ def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None
 def train_to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"Training step (forward + backward + AdamW) on random data, device {result['device']}, {m['threads']} threads, {m['cpu']}, torch {m['torch']}",
+        f"Training step (forward + backward + AdamW) on random data, device {result['device']}, {machine_line(m)}",
         "",
         "| architecture | batch x size | precision | channels_last | compiled (first step s) | step (s) | images/s | speed-up |",
         "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
@@ -534,13 +541,103 @@ def losses_to_markdown(result: dict) -> str:
     b, (h, w) = rows[0]["batch_size"], rows[0]["size"]
     lines = [
         f"Loss forward + backward on random logits ({b} x {rows[0]['num_classes']} classes x {h}x{w}, 5% void), device {result['device']}, "
-        f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}; median of the repeats",
+        f"{machine_line(m)}; median of the repeats",
         "",
         "| loss | ms | x cross-entropy | value |",
         "| --- | ---: | ---: | ---: |",
     ]
     lines += [f"| {r['loss']} | {r['ms']:.1f} | {r['vs_ce']:.1f} | {r['value']:.6f} |" for r in rows]
     lines += ["", f"Our Lovasz-softmax against smp's: **{result['lovasz_speedup_vs_smp']:.2f}x** faster (the same value)."]
+    return "\n".join(lines)
+
+
+ALLOCATORS = ("system", "tcmalloc", "jemalloc")
+
+
+def allocator_probe(name: str, *, batch_size: int = 8, train_size=(224, 224), size=(360, 480), repeats: int = 5) -> dict:
+    """One architecture's training step and app-path inference in this process, with its allocator's cost:
+    peak resident memory and the share of CPU time spent in the kernel (page faults, mmap/munmap)."""
+    import resource
+
+    from .optimize import optimize_for_inference
+
+    dev = resolve_device("cpu")
+    fast = resolve_precision("auto", dev)
+    train = time_train_step(name, batch_size=batch_size, size=train_size, precision=fast, channels_last=True, device="cpu", repeats=repeats)
+    torch.manual_seed(0)
+    model, _ = optimize_for_inference(create_model(name, num_classes=11).eval(), torch.randn(1, 3, 64, 64))
+    infer = _stats(time_model(model, torch.randn(1, 3, *size), dev, fast, repeats=2 * repeats))
+    tb = time_model(model, torch.randn(batch_size, 3, *size), dev, fast, warmup=1, repeats=max(2, repeats // 2))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "architecture": name,
+        "allocator": active_allocator(),
+        "precision": fast,
+        "train_step_s": train["step_s"],
+        "train_images_per_s": train["images_per_s"],
+        "latency_p50_ms": infer["p50"],
+        f"throughput_b{batch_size}_img_s": batch_size / (statistics.median(tb) / 1e3),
+        "max_rss_mb": ru.ru_maxrss / 1024,
+        "kernel_time_share": ru.ru_stime / max(ru.ru_stime + ru.ru_utime, 1e-9),
+        "minor_page_faults": ru.ru_minflt,
+    }
+
+
+def run_allocator_bench(names: list[str], *, batch_size: int = 8, train_size=(224, 224), size=(360, 480), repeats: int = 5) -> dict:
+    """:func:`allocator_probe` under each allocator (``WORKBENCH_ALLOCATOR``), one fresh process per
+    architecture and allocator: an allocator is chosen when a process starts (see allocator.py)."""
+    import os
+    import subprocess
+    import sys
+
+    from .allocator import ENV, MARK, find_library
+
+    rows, missing = [], []
+    for alloc in ALLOCATORS:
+        if alloc != "system" and find_library(alloc) is None:
+            missing.append(alloc)
+            continue
+        env = {k: v for k, v in os.environ.items() if k not in (MARK, "LD_PRELOAD")} | {ENV: alloc}
+        for name in names:
+            code = (
+                "from workbench.allocator import reexec_with_allocator\n"
+                "reexec_with_allocator()\n"
+                "import json\n"
+                "from workbench.bench import allocator_probe\n"
+                f"print(json.dumps(allocator_probe({name!r}, batch_size={batch_size}, train_size={tuple(train_size)}, size={tuple(size)}, repeats={repeats})))\n"
+            )
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
+            if res.returncode:
+                raise RuntimeError(f"allocator {alloc}, {name}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            if row["allocator"] != alloc:
+                raise RuntimeError(f"asked for {alloc}, the process ran {row['allocator']}")
+            rows.append(row)
+    base = {r["architecture"]: r for r in rows if r["allocator"] == "system"}
+    for r in rows:
+        b = base[r["architecture"]]
+        r["train_speedup"] = b["train_step_s"] / r["train_step_s"]
+        r["latency_speedup"] = b["latency_p50_ms"] / r["latency_p50_ms"]
+    return {"machine": machine_description(), "device": "cpu", "batch_size": batch_size, "train_size": list(train_size), "input": list(size), "not_installed": missing, "rows": rows}
+
+
+def allocators_to_markdown(result: dict) -> str:
+    m, b = result["machine"], result["batch_size"]
+    (th, tw), (h, w) = result["train_size"], result["input"]
+    lines = [
+        f"Allocators on the CPU ({m['threads']} threads, {m['cpu']}, torch {m['torch']}), one fresh process each: a training step "
+        f"(batch {b} x {th}x{tw}, bf16 + channels_last, AdamW) and the app's inference path (1x3x{h}x{w}; batch {b} throughput)",
+        "",
+        f"| architecture | allocator | train step (s) | train x system | inference p50 (ms) | inference x system | batch {b} (img/s) | max RSS (MB) | kernel time |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(result["rows"], key=lambda r: (r["architecture"], ALLOCATORS.index(r["allocator"]))):
+        lines.append(
+            f"| {r['architecture']} | {r['allocator']} | {r['train_step_s']:.2f} | {r['train_speedup']:.2f}x | {fmt_ms(r['latency_p50_ms'])} | "
+            f"{r['latency_speedup']:.2f}x | {r[f'throughput_b{b}_img_s']:.1f} | {r['max_rss_mb']:.0f} | {100 * r['kernel_time_share']:.0f}% |"
+        )
+    if result["not_installed"]:
+        lines += ["", f"Not installed here, so not measured: {', '.join(result['not_installed'])}."]
     return "\n".join(lines)
 
 
@@ -569,7 +666,7 @@ def run_encoder_bench(names=ENCODER_CANDIDATES, *, size=(384, 480), device: str 
 def encoders_to_markdown(result: dict) -> str:
     m, fast = result["machine"], result["precision"]
     lines = [
-        f"timm encoders (features_only) on 1x3x{result['input'][0]}x{result['input'][1]}, device {result['device']}, {m['threads']} threads, {m['cpu']}, torch {m['torch']}",
+        f"timm encoders (features_only) on 1x3x{result['input'][0]}x{result['input'][1]}, device {result['device']}, {machine_line(m)}",
         "",
         f"| encoder | params (M) | fp16 size (MB) | residual | fp32 ms | {fast} ms |",
         "| --- | ---: | ---: | --- | ---: | ---: |",
@@ -585,7 +682,7 @@ def to_markdown(result: dict) -> str:
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result.get("matmul_peak_gflop_s", {}).items())
     lines = [
         f"Input {result['input'][0]}x{result['input'][1]}, device {result['device']}, fast path = folded BN + channels_last + {result['precision']}; "
-        f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}. Matrix-multiply peak (GFLOP/s): {peaks}.",
+        f"{machine_line(m)}. Matrix-multiply peak (GFLOP/s): {peaks}.",
         "",
         f"| architecture | params (M) | GFLOPs | fp32 eager p50 (ms) | fast p50 (ms) | fast p90 (ms) | speed-up | batch {b} (img/s) | peak mem batch {b} (MB) | GFLOP/s | share of peak |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -621,6 +718,8 @@ def markdown_for(result: dict) -> str:
         return train_to_markdown(result)
     if "loss" in rows[0]:
         return losses_to_markdown(result)
+    if "kernel_time_share" in rows[0]:
+        return allocators_to_markdown(result)
     if "latency_p50_ms" in rows[0]:
         return to_markdown(result)
     raise ValueError("not a stored `workbench bench` result: expected 'profile' or rows of engines, encoders, training steps or architectures")
@@ -654,6 +753,8 @@ def main(args) -> int:
         result = {"machine": machine_description(), "profile": prof, "profile_upload": upload, "end_to_end": e2e}
     elif args.encoders:
         result = run_encoder_bench(repeats=args.repeats)
+    elif args.allocators:
+        result = run_allocator_bench(args.arch or ["unet", "tiramisu"], batch_size=args.batch_size, train_size=_train_size(args.size), repeats=args.repeats)
     elif args.losses:
         result = run_loss_bench(batch_size=args.batch_size, size=_train_size(args.size), device=args.device, repeats=args.repeats)
     elif args.train:

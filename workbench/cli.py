@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", help="with --train: also time the fast precision under torch.compile (as train --compile)")
     s.add_argument("--encoders", action="store_true", help="compare candidate timm encoders instead (size, latency)")
     s.add_argument("--losses", action="store_true", help="forward + backward time of every loss term (default size 224x224, --batch-size), smp's Lovasz-softmax beside ours")
+    s.add_argument("--allocators", action="store_true", help="training step and inference under the system allocator, tcmalloc and jemalloc (a process each; WORKBENCH_ALLOCATOR)")
     s.add_argument("--engines", action="store_true", help="one architecture through torch eager, the fast path, torch.compile and ONNX Runtime")
     s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
     s.add_argument("--image", default=None, help="image for --request (default: the first CamVid test image)")
@@ -417,7 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# commands worth a caching allocator (see allocator.py): they run networks or the data pipeline for long
+ALLOCATOR_COMMANDS = {"train", "eval", "bench", "bench-data", "app"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real command line, not a call from Python: swap the allocator before torch loads
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        if command in ALLOCATOR_COMMANDS:
+            from .allocator import reexec_with_allocator
+
+            reexec_with_allocator()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
