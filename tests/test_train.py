@@ -364,29 +364,52 @@ def test_lr_schedule_warms_up_then_decays():
     assert g(0) == pytest.approx(1.0) and g(100) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp_path):
-    """--ema-decay: the average follows e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over optimizer steps
-    (parameters and BatchNorm statistics); checkpoints hold it, and a resumed run continues it exactly."""
+def _ema_by_hand(cfg, decay_at, steps=3):
+    """Three training steps, and the average worked by hand: e_1 = w_1, e_t = g_t e_(t-1) + (1 - g_t) w_t."""
     import copy
 
     from workbench.train import Trainer, _unwrap
 
-    d = 0.6
-    trainer = Trainer(_cfg(tmp_path / "manual", epochs=1, ema_decay=d))
+    trainer = Trainer(cfg)
     seen = []
     for batch in trainer.loader:
         trainer.train_step(batch)
         trainer.global_step += 1
         seen.append(copy.deepcopy(_unwrap(trainer.model).state_dict()))
-        if len(seen) == 3:
+        if len(seen) == steps:
             break
     expected = {k: v.clone() for k, v in seen[0].items()}
-    for w in seen[1:]:
+    for t, w in enumerate(seen[1:], start=2):
         for k, v in w.items():
             if v.is_floating_point():
-                expected[k] = d * expected[k] + (1 - d) * v
+                expected[k] = decay_at(t) * expected[k] + (1 - decay_at(t)) * v
             else:
                 expected[k] = v.clone()  # num_batches_tracked: copied, not averaged
+    return trainer, seen, expected
+
+
+def test_ema_warmup_is_timms_schedule_capped_by_the_decay(tmp_path):
+    """--ema-warmup: the t-th update averages with min(d, 1 - t^(-2/3)) (0.37, 0.52, ...), not d = 0.99."""
+    d = 0.99
+    trainer, seen, expected = _ema_by_hand(_cfg(tmp_path / "w", epochs=1, ema_decay=d, ema_warmup=True), lambda t: min(d, 1 - t ** (-2 / 3)))
+    got = trainer.ema.module.state_dict()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
+    _, _, plain = _ema_by_hand(_cfg(tmp_path / "p", epochs=1, ema_decay=d), lambda t: d)
+    w = [k for k in expected if expected[k].is_floating_point() and not torch.equal(seen[0][k], seen[-1][k])]
+    # warmed up, the average has moved most of the way to the last weights; without, it is still the first step's
+    assert sum((expected[k] - seen[-1][k]).abs().sum() for k in w) < 0.6 * sum((plain[k] - seen[-1][k]).abs().sum() for k in w)
+    with pytest.raises(ValueError, match="needs ema_decay"):
+        TrainConfig(ema_warmup=True).validate()
+
+
+def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp_path):
+    """--ema-decay: the average follows e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over optimizer steps
+    (parameters and BatchNorm statistics); checkpoints hold it, and a resumed run continues it exactly."""
+    from workbench.train import Trainer
+
+    d = 0.6
+    trainer, seen, expected = _ema_by_hand(_cfg(tmp_path / "manual", epochs=1, ema_decay=d), lambda t: d)
     got = trainer.ema.module.state_dict()
     assert any(not torch.equal(seen[-1][k], expected[k]) for k in expected)  # the average is not the last weights
     for k in expected:

@@ -94,6 +94,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float | None = None
     ema_decay: float | None = None  # keep an exponential moving average of the weights (timm ModelEmaV3); validation and checkpoints use it
+    ema_warmup: bool = False  # timm's warm-up: decay min(ema_decay, 1 - (1 + step)^(-2/3)), so a from-scratch start fades fast
     loss: str = "ce"  # e.g. "ce", "ce+0.5*dice", "ce+lovasz"
     class_weights: str = "none"  # none | median | inverse | segnet (CamVid reference weights)
     border_weights: bool = False  # U-Net border weighting (w0=10, sigma=5); needs a dataset of touching objects
@@ -133,6 +134,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99: an average over about 100 steps), got {self.ema_decay}")
+        if self.ema_warmup and self.ema_decay is None:
+            raise ValueError("ema_warmup warms up the weight average: it needs ema_decay (e.g. --ema-decay 0.99 --ema-warmup)")
 
 
 class TrainingInterrupted(Exception):
@@ -445,7 +448,7 @@ class Trainer:
         if cfg.ema_decay:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
         self.model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.world > 1 else model
         # only the training step runs compiled: checkpoints keep the plain module's parameter names, and
         # validation's full-size images would each be one more graph to compile
@@ -717,7 +720,7 @@ class Trainer:
                 "data_pipeline": self.data_pipeline,
                 "class_weights": None if self.class_weight_values is None else [round(float(v), 4) for v in self.class_weight_values],
                 **({"init_from": self.init_from} if self.init_from else {}),
-                **({"weights": f"exponential moving average, decay {self.cfg.ema_decay}"} if self.ema is not None else {}),
+                **({"weights": f"exponential moving average, decay {self.cfg.ema_decay}" + (" (timm warm-up)" if self.cfg.ema_warmup else "")} if self.ema is not None else {}),
             },
         }
         if val is not None:
@@ -842,6 +845,9 @@ _JSON_FIELDS = {"model_kwargs", "dataset_options"}
 _FIELD_HELP = {
     "ema_decay": "validate and save an exponential moving average of the weights (timm ModelEmaV3), e.g. 0.99 to "
     "average over about the last 100 steps",
+    "ema_warmup": "with --ema-decay: timm's warm-up, decay min(ema_decay, 1 - (1 + t)^(-2/3)) at the t-th update after the "
+    "first (about 0.79 after 10, 0.95 after 100, the full 0.99 after 1000), so the random initial weights of a from-scratch run fade from the average within "
+    "tens of steps instead of weighing 0.99^step",
     "compile": "torch.compile the training step (the first steps compile it); measure the gain on a machine with "
     "workbench bench --train --compile",
     "data_on_device": "keep the whole training split on the training device and augment batches there (same augmentations as the "
