@@ -3,8 +3,8 @@
 PyTorch on the CPU allocates and frees its large activation buffers on every forward and backward
 pass. glibc's malloc hands buffers over its mmap threshold back to the kernel when they are freed,
 so the next step page-faults the same memory in again: on the 2-core development machine a
-FC-DenseNet56 training step spent a quarter of its time in the kernel. tcmalloc and jemalloc keep
-freed memory for reuse. ``workbench bench --allocators`` measures all three
+FC-DenseNet56 training step spent 31% of its CPU time in the kernel (2% under tcmalloc). tcmalloc and
+jemalloc keep freed memory for reuse. ``workbench bench --allocators`` measures all three
 (``benchmarks/allocators_cpu.md``).
 
 An allocator can only be swapped before the process starts, so the CLI's heavy commands
