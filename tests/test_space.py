@@ -56,6 +56,17 @@ def test_requirements_txt_agrees_with_pyproject():
         assert req.specifier == project[name].specifier, f"{name}: requirements.txt {req.specifier} vs pyproject {project[name].specifier}"
 
 
+def test_packages_txt_installs_an_allocator_the_app_finds():
+    """A Space installs packages.txt with apt; the library it brings must be one allocator.py looks for,
+    under the file name Debian's package installs (libtcmalloc-minimal4 -> libtcmalloc_minimal.so.4)."""
+    from workbench.allocator import KINDS
+
+    packages = [ln.strip() for ln in (ROOT / "packages.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    provides = {"libtcmalloc-minimal4": "libtcmalloc_minimal.so.4", "libjemalloc2": "libjemalloc.so.2"}
+    assert packages and set(packages) <= set(provides), f"packages.txt lists {packages}; each needs a reason here"
+    assert all(any(provides[p] in names for names in KINDS.values()) for p in packages)
+
+
 def test_without_camvid_the_app_offers_a_builtin_synthetic_example(monkeypatch, tmp_path):
     import app
 
