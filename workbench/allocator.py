@@ -33,6 +33,7 @@ KINDS = {
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so"),
     "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
 }
+PACKAGES = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}  # Debian/Ubuntu (.ci/run installs these)
 SYSTEM = ("system", "glibc", "off", "none", "0")
 # jemalloc: huge buffers from their own arenas, purged never (PyTorch's run_cpu settings plus no decay:
 # returning pages to the kernel is exactly the cost being avoided).
@@ -74,20 +75,20 @@ def preload_env(environ: Mapping[str, str], find: Callable[[str], Path | None] =
     error: a run asked for an allocator it would silently not get.
     """
     choice = (environ.get(ENV) or "auto").strip()
-    if choice.lower() in SYSTEM or environ.get(MARK) or not sys.platform.startswith("linux"):
+    name = choice.lower()  # a path keeps its case in `choice`
+    if name in SYSTEM or environ.get(MARK) or not sys.platform.startswith("linux"):
         return None
     preloaded = [p for p in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
     if any(_kind_of(p) for p in preloaded):
         return None
-    if choice.lower() == "auto":
+    if name == "auto":
         lib = next((p for p in map(find, KINDS) if p is not None), None)
         if lib is None:
             return None
-    elif choice.lower() in KINDS:
-        lib = find(choice.lower())
+    elif name in KINDS:
+        lib = find(name)
         if lib is None:
-            pkg = "libtcmalloc-minimal4" if choice.lower() == "tcmalloc" else "libjemalloc2"
-            raise ValueError(f"{ENV}={choice}: no lib{choice.lower()} found in {', '.join(map(str, library_dirs(environ)))} (Debian/Ubuntu: apt install {pkg}); unset it or use 'system'")
+            raise ValueError(f"{ENV}={choice}: no lib{name} found in {', '.join(map(str, library_dirs(environ)))} (Debian/Ubuntu: apt install {PACKAGES[name]}); unset it or use 'system'")
     else:
         lib = Path(choice).expanduser()
         if not lib.is_file():

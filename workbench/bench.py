@@ -625,7 +625,7 @@ def allocators_to_markdown(result: dict) -> str:
     m, b = result["machine"], result["batch_size"]
     (th, tw), (h, w) = result["train_size"], result["input"]
     lines = [
-        f"Allocators on the CPU ({m['threads']} threads, {m['cpu']}, torch {m['torch']}), one fresh process each: a training step "
+        f"Allocators on the CPU ({machine_line({**m, 'allocator': None})}), one fresh process each: a training step "
         f"(batch {b} x {th}x{tw}, bf16 + channels_last, AdamW) and the app's inference path (1x3x{h}x{w}; batch {b} throughput)",
         "",
         f"| architecture | allocator | train step (s) | train x system | inference p50 (ms) | inference x system | batch {b} (img/s) | max RSS (MB) | kernel time |",
