@@ -332,6 +332,19 @@ def test_init_from_refuses_a_different_network(tmp_path):
         train(_cfg(tmp_path / "c", init_from=str(tmp_path / "junk.json"), max_steps=1))
 
 
+def test_init_from_lets_a_fine_tune_change_training_only_kwargs(tmp_path):
+    """Dropout has no parameters and is the identity at inference: a fine-tune may turn it off, and says so."""
+    from workbench.train import TRAINING_ONLY_KWARGS
+
+    assert "dropout" in TRAINING_ONLY_KWARGS and "upsample" not in TRAINING_ONLY_KWARGS
+    train(_cfg(tmp_path / "parent", arch="fcn8s", epochs=1, max_steps=1))  # the plugin's default dropout, 0.1
+    start = str(tmp_path / "parent" / "run" / "best.json")
+    assert json.loads(Path(start).read_text())["kwargs"]["dropout"] == 0.1
+    train(_cfg(tmp_path / "child", arch="fcn8s", model_kwargs={"dropout": 0.0}, init_from=start, max_steps=1))
+    child = json.loads((tmp_path / "child" / "run" / "best.json").read_text())
+    assert child["kwargs"]["dropout"] == 0.0 and child["training"]["init_from"]["checkpoint"] == "best.json"
+
+
 def test_config_file_and_flags(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("arch: fcn8s\nepochs: 7\ncrop: [128, 160]\nmodel_kwargs: {dropout: 0.2}\n")

@@ -276,17 +276,22 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
+# kwargs that change how a network trains but not the function it computes at inference: where the start
+# weights came from, and dropout (identity in eval mode, no parameters). A fine-tune may change them.
+TRAINING_ONLY_KWARGS = frozenset({"encoder_weights", "dropout"})
+
+
 def _comparable_kwargs(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if k != "encoder_weights"}  # where the start weights came from is not the model
+    return {k: v for k, v in kwargs.items() if k not in TRAINING_ONLY_KWARGS}
 
 
 def _init_weights(model: nn.Module, path: str) -> dict[str, Any]:
     """Load a checkpoint's weights into ``model`` (fine-tuning) and return its provenance for the new manifest.
 
     The checkpoint goes through :func:`load_checkpoint` (safetensors, hash check,
-    shapes). Its architecture and kwargs must equal the run's, so the new
-    checkpoint is the same network trained further; anything else is refused
-    with the differences named.
+    shapes). Its architecture and kwargs must equal the run's (apart from
+    :data:`TRAINING_ONLY_KWARGS`), so the new checkpoint is the same network
+    trained further; anything else is refused with the differences named.
     """
     from .checkpoint import CheckpointError, load_checkpoint
 
