@@ -7,7 +7,7 @@ the events. ``demo`` is importable; ``python app.py`` serves it.
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python app.py` (a Space): restart with a caching allocator before torch loads
-    from workbench.allocator import reexec_with_allocator
+    from workbench.tools.allocator import reexec_with_allocator
 
     reexec_with_allocator()
 
@@ -31,17 +31,18 @@ import torch
 from PIL import Image
 
 import workbench
-from workbench import lab, viz
-from workbench import leaderboard as lb
-from workbench.analysis import count_flops, stage_shapes
-from workbench.checkpoint import CheckpointError, atomic_write_bytes, read_manifest
+from workbench.lab import operators as lab
+from workbench import viz
+from workbench.evaluation import leaderboard as lb
+from workbench.models.anatomy import count_flops, stage_shapes
+from workbench.io.checkpoint import CheckpointError, atomic_write_bytes, read_manifest
 from workbench.classes import CAMVID_CLASSES, IGNORE_INDEX, ISBI_CLASSES
-from workbench.data import find_ground_truth
-from workbench.imageio import ImageError, load_image
-from workbench.metrics import foreground_iou, pixel_error, rand_error, segmentation_metrics
+from workbench.data.datasets import find_ground_truth
+from workbench.io.images import ImageError, load_image
+from workbench.evaluation.metrics import foreground_iou, pixel_error, rand_error, segmentation_metrics
 from workbench.paths import bundled_path, checkpoints_dir, resolve_data_root
-from workbench.predictor import Predictor, resolve_device
-from workbench.zoo import Zoo
+from workbench.inference.predictor import Predictor, resolve_device
+from workbench.inference.zoo import Zoo
 
 ARCHITECTURES = workbench.list_architectures()
 PLUGIN_ERRORS = workbench.plugin_errors()
@@ -51,7 +52,7 @@ CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "di
 def default_selection() -> list[str]:
     """The Compare tab's preselection: the classic architectures that have trained checkpoints (at least two of
     them), else the six classic ones (then untrained, and marked so)."""
-    from workbench.zoo import discover_checkpoints
+    from workbench.inference.zoo import discover_checkpoints
 
     trained = set(discover_checkpoints()[0])
     chosen = [a for a in CLASSIC if a in ARCHITECTURES and a in trained]
@@ -154,7 +155,7 @@ def synthetic_example() -> str:
     """Write (once) and return a 360x480 synthetic example image."""
     import tempfile
 
-    from workbench.data import synthetic_sample
+    from workbench.data.datasets import synthetic_sample
 
     path = Path(tempfile.gettempdir()) / "segmentation-workbench" / "synthetic_example.png"
     if not path.is_file():
@@ -249,9 +250,9 @@ def _clock(timings: dict | None, key: str):
 
 def _queue_on_gpu(archs: list[str], image, shared: dict) -> dict:
     """On CUDA: every selected model's forward pass issued back to back, no host sync in between
-    (:func:`workbench.predictor.predict_many`). Models whose predictor cannot be built are left to the
+    (:func:`workbench.inference.predictor.predict_many`). Models whose predictor cannot be built are left to the
     per-model path, which reports their error."""
-    from workbench.predictor import predict_many
+    from workbench.inference.predictor import predict_many
 
     ready = {}
     for name in archs:
@@ -267,7 +268,7 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
     Returns:
         ``(image, results, ground_truth)``: the decoded RGB image,
         ``{arch: {"labels", "latency_ms", "checkerboard"[, "miou", "accuracy"]} or {"error"}}``
-        (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the logits), and the
+        (``checkerboard``: :func:`workbench.lab.operators.checkerboard_score` of the logits), and the
         CamVid label map when the image is a CamVid image under the data root (else None).
 
     Raises:
@@ -506,8 +507,8 @@ _WEIGHTS_CACHE: dict[str, dict] = {}
 def camvid_class_weights() -> dict:
     """Median-frequency weights computed from the CamVid training labels (or the committed copy without data)."""
     if "camvid" not in _WEIGHTS_CACHE:
-        from workbench import weighting
-        from workbench.data import DatasetError, build_dataset
+        from workbench.data import weighting
+        from workbench.data.datasets import DatasetError, build_dataset
 
         try:
             ds = build_dataset("camvid", "train")
@@ -559,8 +560,8 @@ def isbi_predictors() -> dict[str, Predictor]:
 
 def isbi_view(slice_index: float):
     """An ISBI held-out slice: image, label, the U-Net border weight map, and both U-Nets' predictions with errors."""
-    from workbench.data import DatasetError, build_dataset
-    from workbench.weighting import unet_border_weights
+    from workbench.data.datasets import DatasetError, build_dataset
+    from workbench.data.weighting import unet_border_weights
 
     idx = int(slice_index)
     try:

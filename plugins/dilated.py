@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.encoders import DEFAULT_ENCODER, TimmEncoder
-from workbench.model import ConvBNAct, SegmentationModel
-from workbench.upsampling import make_upsample
+from workbench.models.encoders import DEFAULT_ENCODER, TimmEncoder
+from workbench.models.base import ConvBNAct, SegmentationModel
+from workbench.models.upsampling import make_upsample
 
 __all__ = ["ContextModule", "DilatedDecoder", "CONTEXT_DILATIONS"]
 

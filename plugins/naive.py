@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.model import ConvBNAct, SegmentationModel
+from workbench.models.base import ConvBNAct, SegmentationModel
 
 __all__ = ["ConvStack"]
 

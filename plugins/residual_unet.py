@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.decoders import DEFAULT_DECODER_CHANNELS, build_unet
-from workbench.encoders import DEFAULT_ENCODER, TimmEncoder
+from workbench.models.decoders import DEFAULT_DECODER_CHANNELS, build_unet
+from workbench.models.encoders import DEFAULT_ENCODER, TimmEncoder
 
 __all__ = ["ResidualBlock", "ResidualEncoder"]
 

@@ -12,8 +12,8 @@ import segmentation_models_pytorch as smp
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.encoders import DEFAULT_ENCODER
-from workbench.model import WrappedModel
+from workbench.models.encoders import DEFAULT_ENCODER
+from workbench.models.base import WrappedModel
 
 __all__ = ["SMP_ARCHITECTURES"]
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.encoders import TimmEncoder
-from workbench.model import SegmentationModel
-from workbench.upsampling import make_upsample
+from workbench.models.encoders import TimmEncoder
+from workbench.models.base import SegmentationModel
+from workbench.models.upsampling import make_upsample
 
 __all__ = ["VARIANTS", "TiramisuConfig", "DenseBlock", "FCDenseNetEncoder", "TiramisuDecoder"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.decoders import DEFAULT_DECODER_CHANNELS, build_unet
-from workbench.encoders import DEFAULT_ENCODER
+from workbench.models.decoders import DEFAULT_DECODER_CHANNELS, build_unet
+from workbench.models.encoders import DEFAULT_ENCODER
 
 
 @register_architecture(

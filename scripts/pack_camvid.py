@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workbench.data import build_dataset  # noqa: E402
+from workbench.data.datasets import build_dataset  # noqa: E402
 from workbench.paths import resolve_data_root  # noqa: E402
 
 

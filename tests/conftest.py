@@ -121,7 +121,7 @@ def isolated_registry(monkeypatch):
     The registry's dicts and the imported plugin modules are put back exactly as
     they were, so later tests see the same architecture objects.
     """
-    from workbench import registry
+    from workbench.models import registry
 
     registry.load_plugins()
     saved_registry = dict(registry._REGISTRY)

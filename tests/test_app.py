@@ -199,7 +199,7 @@ def test_camvid_example_gets_ground_truth_error_maps_and_scores(tmp_path):
     assert (gt_rgb[labels == 3] == colors[3]).all()  # road pixels drawn in road colour
     assert (gt_rgb[labels == 11] == 0).all()  # void in black
     # the per-image scores in the card headers are the ConfusionMatrix's on the same labels (void ignored)
-    from workbench.metrics import ConfusionMatrix
+    from workbench.evaluation.metrics import ConfusionMatrix
 
     image, results, truth = app.segment_all(path, ["fcn8s", "naive"])
     assert (truth == 255).any()  # the image has void pixels: they must not count
@@ -255,8 +255,8 @@ def test_gpu_branch_queues_all_models_and_renders_the_same(street, monkeypatch):
     normal = app.segment_all(street, ["fcn8s", "unet"])[1]
     monkeypatch.setattr(app, "resolve_device", lambda device: torch.device("cuda"))
     calls = []
-    real = __import__("workbench.predictor", fromlist=["predict_many"]).predict_many
-    monkeypatch.setattr("workbench.predictor.predict_many", lambda preds, image, shared=None: calls.append(len(preds)) or real(preds, image, shared))
+    real = __import__("workbench.inference.predictor", fromlist=["predict_many"]).predict_many
+    monkeypatch.setattr("workbench.inference.predictor.predict_many", lambda preds, image, shared=None: calls.append(len(preds)) or real(preds, image, shared))
     queued = app.segment_all(street, ["fcn8s", "unet"])[1]
     assert calls == [2]
     for name in ("fcn8s", "unet"):
@@ -266,7 +266,7 @@ def test_gpu_branch_queues_all_models_and_renders_the_same(street, monkeypatch):
 def test_default_selection_prefers_trained_classic_architectures(monkeypatch):
     from pathlib import Path as P
 
-    import workbench.zoo as wz
+    import workbench.inference.zoo as wz
 
     monkeypatch.setattr(wz, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json"), "fcn8s": P("f.json"), "smp_unet": P("s.json")}, {}))
     assert app.default_selection() == ["fcn8s", "unet"]  # classic and trained, in the classic order

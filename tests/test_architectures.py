@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import workbench
-from workbench.upsampling import bilinear_kernel
+from workbench.models.upsampling import bilinear_kernel
 
 
 def _plugin(name):
@@ -94,7 +94,7 @@ def test_large_context_module_starts_as_identity_too():
 def test_unet_has_one_stage_per_skip_down_to_full_resolution():
     model = workbench.create_model("unet", num_classes=3, encoder="test_resnet")
     assert len(model.decoder.stages) == len(model.encoder.reductions)  # 4 encoder skips + the image
-    from workbench.analysis import stage_shapes
+    from workbench.models.anatomy import stage_shapes
 
     decoder_rows = [s for s in stage_shapes(model, (64, 64)) if s.name.startswith("decoder.stages")]
     assert [r.height for r in decoder_rows] == [4, 8, 16, 32, 64]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench import bench
-from workbench.analysis import count_parameters
-from workbench.registry import create_model
+from workbench.tools import bench
+from workbench.models.anatomy import count_parameters
+from workbench.models.registry import create_model
 
 
 def test_run_bench_rows_and_reference_are_consistent():
@@ -126,7 +126,7 @@ def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
 def test_loss_bench_times_every_term_and_checks_lovasz_against_smp():
     import json
 
-    from workbench.losses import LOSSES
+    from workbench.training.losses import LOSSES
 
     result = bench.run_loss_bench(batch_size=2, size=(16, 16), repeats=1)
     rows = {r["loss"]: r for r in result["rows"]}
@@ -141,7 +141,7 @@ def test_loss_bench_times_every_term_and_checks_lovasz_against_smp():
 def test_allocator_bench_runs_each_allocator_in_its_own_process():
     import json
 
-    from workbench.allocator import find_library
+    from workbench.tools.allocator import find_library
 
     result = bench.run_allocator_bench(["naive"], batch_size=2, train_size=(32, 32), size=(32, 32), repeats=1)
     ran = [r["allocator"] for r in result["rows"]]  # each row's allocator is what its process had loaded

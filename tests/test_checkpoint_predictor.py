@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import workbench
-from workbench.predictor import Prediction, upsample_argmax
+from workbench.inference.predictor import Prediction, upsample_argmax
 
 from conftest import make_image, make_threshold_model, make_tiny_model
 
@@ -182,7 +182,7 @@ def test_upsample_argmax_equals_interpolate_argmax(shape, size, band_pixels):
 
 
 def test_precision_and_device_options():
-    from workbench.predictor import resolve_device, resolve_precision
+    from workbench.inference.predictor import resolve_device, resolve_precision
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
@@ -199,7 +199,7 @@ def test_save_interrupted_between_its_renames_rolls_forward(tmp_path, tiny_model
     import os
 
     import workbench
-    from workbench.checkpoint import _pending_manifest
+    from workbench.io.checkpoint import _pending_manifest
 
     torch.manual_seed(0)
     model = tiny_model("fcn8s")
@@ -225,7 +225,7 @@ def test_a_pending_manifest_for_other_weights_is_never_trusted(tmp_path, tiny_mo
     import json
 
     import workbench
-    from workbench.checkpoint import _pending_manifest
+    from workbench.io.checkpoint import _pending_manifest
 
     path = workbench.save_checkpoint(tmp_path / "ck", tiny_model("fcn8s"))
     fake = json.loads(path.read_text())
@@ -241,7 +241,7 @@ def test_a_pending_manifest_for_other_weights_is_never_trusted(tmp_path, tiny_mo
 
 def test_shared_preprocessing_gives_the_same_answers_and_runs_once(tiny_model, image_factory, monkeypatch):
     """The app runs several models on one image: decode and normalisation happen once, answers are unchanged."""
-    from workbench.predictor import Predictor
+    from workbench.inference.predictor import Predictor
 
     image = image_factory(97, 61, "gradient")
     preds = [Predictor(tiny_model(arch, 3), "cpu", precision="fp32") for arch in ("fcn8s", "unet")]
@@ -260,7 +260,7 @@ def test_shared_preprocessing_gives_the_same_answers_and_runs_once(tiny_model, i
 
 
 def test_predict_many_matches_one_by_one_and_isolates_errors(tiny_model, image_factory):
-    from workbench.predictor import Predictor, predict_many
+    from workbench.inference.predictor import Predictor, predict_many
 
     image = image_factory(97, 61, "gradient")
     preds = [Predictor(tiny_model(arch, 3), "cpu", precision="fp32") for arch in ("fcn8s", "unet", "dilated")]
@@ -281,7 +281,7 @@ def test_predict_many_matches_one_by_one_and_isolates_errors(tiny_model, image_f
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU path)")
 def test_gpu_path_queues_forwards_without_host_syncs_and_agrees_with_cpu(tiny_model, image_factory):
-    from workbench.predictor import Predictor, predict_many
+    from workbench.inference.predictor import Predictor, predict_many
 
     image = image_factory(480, 360, "gradient")
     models = [tiny_model(arch, 3) for arch in ("fcn8s", "unet", "residual_unet")]
@@ -325,7 +325,7 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_mistaken_for_a_pi
 
     from safetensors.torch import save_file
 
-    from workbench.checkpoint import _check_safetensors
+    from workbench.io.checkpoint import _check_safetensors
 
     for pad in range(300):  # find metadata that makes the header length's low byte 0x80
         path = tmp_path / "w.safetensors"
@@ -345,8 +345,8 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_mistaken_for_a_pi
 def test_manifest_pinned_precision_is_honoured_by_auto_only(tiny_model, tmp_path):
     """A checkpoint that failed the bf16 parity check (scripts/check_bf16_parity.py) carries
     "inference": {"precision": "fp32"}: precision="auto" (the app) runs it in fp32, an explicit choice wins."""
-    from workbench.checkpoint import load_checkpoint, save_checkpoint
-    from workbench.predictor import Predictor, resolve_precision
+    from workbench.io.checkpoint import load_checkpoint, save_checkpoint
+    from workbench.inference.predictor import Predictor, resolve_precision
 
     model = tiny_model("unet", 3)
     path = save_checkpoint(tmp_path / "m", model, {"inference": {"precision": "fp32"}})

@@ -58,7 +58,7 @@ def test_info_unet():
     m = re.search(r"^parameters: ([\d,]+)$", out, re.M)
     assert m
     n_params = int(m.group(1).replace(",", ""))
-    from workbench.analysis import count_parameters
+    from workbench.models.anatomy import count_parameters
 
     assert n_params == count_parameters(workbench.create_model("unet", num_classes=11))
     assert re.search(r"^GFLOPs at 64x64: \d+\.\d\d$", out, re.M)

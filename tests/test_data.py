@@ -18,10 +18,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from workbench.classes import CAMVID_CLASSES, IGNORE_INDEX, default_normalization
-from workbench.data import DatasetError, SegDataset, build_dataset
+from workbench.data.datasets import DatasetError, SegDataset, build_dataset
 from workbench.paths import DATA_ROOT_ENV, resolve_data_root
-from workbench.transforms import eval_transforms, train_transforms
-from workbench.weighting import WeightMap, unet_border_weights
+from workbench.data.transforms import eval_transforms, train_transforms
+from workbench.data.weighting import WeightMap, unet_border_weights
 
 from conftest import REPO_ROOT
 
@@ -364,7 +364,7 @@ def _digest(ds, i):
 
 def test_synthetic_identical_across_processes():
     code = (
-        "from workbench.data import build_dataset; import hashlib\n"
+        "from workbench.data.datasets import build_dataset; import hashlib\n"
         "s = build_dataset('synthetic', 'val')[7]\n"
         "print(hashlib.sha256(s['image'].numpy().tobytes() + s['mask'].numpy().tobytes()).hexdigest())"
     )
@@ -563,7 +563,7 @@ def _fake_camvid(root: Path, name: str = "0001TP_006690.png"):
 
 
 def test_find_ground_truth_by_name_and_content(tmp_path):
-    from workbench.data import find_ground_truth
+    from workbench.data.datasets import find_ground_truth
 
     image, labels, name = _fake_camvid(tmp_path / "data")
     expected = np.where(labels == 11, IGNORE_INDEX, labels)

@@ -13,9 +13,9 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from workbench.classes import IGNORE_INDEX, default_normalization
-from workbench.data import build_dataset
-from workbench.device_data import N_DRAWS, DeviceData, DeviceLoader, bench_data_pipeline, format_bench_table, resolve_data_on_device
-from workbench.train import EpochSampler, TrainConfig, Trainer, build_parser, config_from_args
+from workbench.data.datasets import build_dataset
+from workbench.data.device import N_DRAWS, DeviceData, DeviceLoader, bench_data_pipeline, format_bench_table, resolve_data_on_device
+from workbench.training.trainer import EpochSampler, TrainConfig, Trainer, build_parser, config_from_args
 
 H, W = 48, 64
 NORM = default_normalization(3)
@@ -238,7 +238,7 @@ def _train_cfg(tmp_path, **over) -> TrainConfig:
 
 
 def test_trainer_two_steps_on_the_device_loader(tmp_path):
-    from workbench.device_data import DeviceLoader as Loader
+    from workbench.data.device import DeviceLoader as Loader
 
     torch.set_num_threads(1)
     trainer = Trainer(_train_cfg(tmp_path), command="pytest")

@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from workbench.encoders import DEFAULT_ENCODER, TimmEncoder, list_encoders
+from workbench.models.encoders import DEFAULT_ENCODER, TimmEncoder, list_encoders
 
 
 def _check_pyramid(enc, x):

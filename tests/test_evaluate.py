@@ -1,4 +1,4 @@
-"""workbench.evaluate and ``workbench eval``: metrics against direct computation, flip / sliding window, outputs, CLI."""
+"""workbench.evaluation.evaluate and ``workbench eval``: metrics against direct computation, flip / sliding window, outputs, CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 
 import workbench
 from workbench.classes import IGNORE_INDEX, default_normalization
-from workbench.data import build_dataset
-from workbench.evaluate import (
+from workbench.data.datasets import build_dataset
+from workbench.evaluation.evaluate import (
     EvaluationError,
     check_scales,
     confusion_from_entries,
@@ -26,7 +26,7 @@ from workbench.evaluate import (
     write_results,
 )
 from workbench.paths import resolve_data_root
-from workbench.transforms import eval_transforms
+from workbench.data.transforms import eval_transforms
 
 from conftest import REPO_ROOT, make_threshold_model
 
@@ -269,7 +269,7 @@ def test_multi_scale_through_evaluate(tmp_path):
     assert res["metrics"]["confusion"] != one["metrics"]["confusion"]
     assert "scales 0.75 1.25" in format_leaderboard([res])
     # a manifest only takes the standard protocol's metrics
-    from workbench.evaluate import update_manifest
+    from workbench.evaluation.evaluate import update_manifest
 
     before = ckpt.read_bytes()
     with pytest.raises(EvaluationError, match="standard protocol.*scales"):

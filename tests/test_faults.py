@@ -32,7 +32,7 @@ def _train(out: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
 def _all_outputs_loadable(out: Path) -> None:
     """Every checkpoint and state file in the run folder is complete: no truncated file ever replaces a good one."""
     import workbench
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     if (out / "resume.safetensors").exists():
         load_state(out / "resume.safetensors")
@@ -100,7 +100,7 @@ def _limit_file_size(limit: int):
 @pytest.mark.slow
 def test_full_disk_fails_clearly_and_keeps_the_last_good_state(tmp_path):
     """Simulated disk full (RLIMIT_FSIZE): the run stops with a clear message; the previous state stays intact and resumable."""
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     out = tmp_path / "run"
     first = _train(out, "--epochs", "1")

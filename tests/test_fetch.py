@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench import cli, fetch
-from workbench.data import build_dataset
-from workbench.fetch import FetchError, fetch_dataset, verify_dataset
+from workbench import cli
+from workbench.data import fetch
+from workbench.data.datasets import build_dataset
+from workbench.data.fetch import FetchError, fetch_dataset, verify_dataset
 
 from conftest import REPO_ROOT
 

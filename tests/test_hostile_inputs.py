@@ -188,7 +188,7 @@ def test_the_bomb_is_refused_before_decoding(tmp_path):
     bomb = decompression_bomb(tmp_path / "bomb.png")
     code = (
         "import resource, sys; sys.path.insert(0, %r)\n"
-        "from workbench.imageio import load_image, ImageError\n"
+        "from workbench.io.images import load_image, ImageError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    load_image(%r)\nexcept ImageError as e:\n    print('refused', e)\n"
         "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"

@@ -1,4 +1,4 @@
-"""Hugging Face Hub checkpoints (workbench.hub), without the network.
+"""Hugging Face Hub checkpoints (workbench.io.hub), without the network.
 
 The Hub is never contacted: pushes go to a mocked ``HfApi`` and pulls read a
 Hugging Face cache built by hand in a temporary folder, in the real layout
@@ -20,8 +20,9 @@ import torch
 import yaml
 
 import workbench
-from workbench import cli, hub
-from workbench.checkpoint import sha256_file
+from workbench import cli
+from workbench.io import hub
+from workbench.io.checkpoint import sha256_file
 
 from conftest import make_image, make_tiny_model
 

@@ -1,4 +1,4 @@
-"""Image loading (``workbench.imageio``) and the pure visualisation helpers (``workbench.viz``)."""
+"""Image loading (``workbench.io.images``) and the pure visualisation helpers (``workbench.viz``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, features
 
 from workbench import viz
-from workbench.imageio import ImageError, load_image, to_uint8_array
+from workbench.io.images import ImageError, load_image, to_uint8_array
 
 from conftest import make_image
 

@@ -1,4 +1,4 @@
-"""The upsampling lab (workbench.lab) and its tab: overlap counts, checkerboard score, operators, constant input.
+"""The upsampling lab (workbench.lab.operators) and its tab: overlap counts, checkerboard score, operators, constant input.
 
 ICNR pixel shuffle at initialisation equal to nearest upsampling of its sub-convolution output is tested
 on the module itself in tests/test_upsampling.py (test_icnr_pixel_shuffle_is_nearest_at_init); here the
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench import lab
+from workbench.lab import operators as lab
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORS = (2, 4, 8)
@@ -279,8 +279,8 @@ def lab_checkpoints(tmp_path, tiny_model):
 
 
 def test_export_set_marks_variants_and_the_zoo_skips_them(lab_checkpoints):
-    from workbench.checkpoint import read_manifest
-    from workbench.zoo import discover_checkpoints
+    from workbench.io.checkpoint import read_manifest
+    from workbench.inference.zoo import discover_checkpoints
 
     man = read_manifest(lab_checkpoints / "upsampling_unet_nearest.json")
     assert man["upsampling_lab"] is True and man["note"] == "lab"

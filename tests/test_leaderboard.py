@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.checkpoint import read_manifest
-from workbench.leaderboard import PUBLISHED_CAMVID, leaderboard_rows, table
+from workbench.io.checkpoint import read_manifest
+from workbench.evaluation.leaderboard import PUBLISHED_CAMVID, leaderboard_rows, table
 from workbench.paths import checkpoints_dir, resolve_data_root
 
 CKPT = checkpoints_dir()
@@ -79,7 +79,7 @@ def test_reevaluating_a_checkpoint_reproduces_its_stored_per_image_results():
     if not camvid:
         pytest.skip("no evaluated CamVid checkpoints yet")
     cheapest = min(camvid, key=lambda p: read_manifest(p)["cost"]["gflops"])
-    from workbench.evaluate import confusion_from_entries, evaluate_checkpoint
+    from workbench.evaluation.evaluate import confusion_from_entries, evaluate_checkpoint
 
     stored = json.loads((CKPT / "eval" / f"{cheapest.stem}.test.json").read_text())
     fresh = evaluate_checkpoint(cheapest, split="test", limit=3, progress=False)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.classes import IGNORE_INDEX
-from workbench.losses import LOSSES, CrossEntropy, LovaszSoftmax, build_loss, parse_loss
+from workbench.training.losses import LOSSES, CrossEntropy, LovaszSoftmax, build_loss, parse_loss
 
 
 def _batch(seed: int, b: int = 2, c: int = 5, h: int = 12, w: int = 16, absent: int | None = 3, void: float = 0.2):

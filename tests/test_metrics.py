@@ -1,4 +1,4 @@
-"""workbench.metrics: the confusion matrix against torchmetrics and smp, hand-made cases, the ISBI Rand error."""
+"""workbench.evaluation.metrics: the confusion matrix against torchmetrics and smp, hand-made cases, the ISBI Rand error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench.classes import IGNORE_INDEX
-from workbench.metrics import ConfusionMatrix, foreground_iou, pixel_error, rand_error, rand_scores, segmentation_metrics
+from workbench.evaluation.metrics import ConfusionMatrix, foreground_iou, pixel_error, rand_error, rand_scores, segmentation_metrics
 
 
 def _random_batch(seed: int, num_classes: int, shape=(3, 17, 23), ignore_frac=0.2):

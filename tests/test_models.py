@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import workbench
-from workbench.checkpoint import checkpoint_paths, sha256_file
-from workbench.upsampling import METHODS, Upsample
+from workbench.io.checkpoint import checkpoint_paths, sha256_file
+from workbench.models.upsampling import METHODS, Upsample
 
 from conftest import make_tiny_model, tiny_kwargs
 
@@ -93,7 +93,7 @@ def test_in_chans(arch, in_chans):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_anatomy(arch):
     # what `workbench info` and the app's architecture tab show, for every architecture
-    from workbench.analysis import count_flops, count_parameters, stage_shapes
+    from workbench.models.anatomy import count_flops, count_parameters, stage_shapes
 
     model = make_tiny_model(arch, NUM_CLASSES).train()
     shapes = stage_shapes(model, (65, 97))
@@ -123,7 +123,7 @@ def _upsample_scales(arch) -> list[int]:
 @pytest.mark.parametrize("method", UPSAMPLE_CHOICES)
 @pytest.mark.parametrize("arch", UPSAMPLE_ARCHS)
 def test_every_upsample_method(arch, method):
-    spec = workbench.upsampling.parse_upsample(method)
+    spec = workbench.models.upsampling.parse_upsample(method)
     kernel = spec.kernel_size
     max_scale = max(_upsample_scales(arch))
     if spec.method == "transposed" and kernel is not None and kernel < max_scale:
@@ -132,7 +132,7 @@ def test_every_upsample_method(arch, method):
             make_tiny_model(arch, NUM_CLASSES, upsample=method)
         return
     model = make_tiny_model(arch, NUM_CLASSES, upsample=method).eval()
-    assert model.workbench_config["kwargs"]["upsample"] == workbench.upsampling.canonical_upsample(method)
+    assert model.workbench_config["kwargs"]["upsample"] == workbench.models.upsampling.canonical_upsample(method)
     used = {m.method for m in model.modules() if isinstance(m, Upsample)}
     assert spec.method in used, f"{arch} built with {method} uses {used}"
     y = _forward(model, torch.randn(1, 3, 65, 97))
@@ -358,7 +358,7 @@ def test_save_checkpoint_refuses_inconsistent_class_list(tmp_path):
 
 
 def test_residual_unet_adds_encoder_blocks_only_to_plain_encoders():
-    from workbench.encoders import TimmEncoder
+    from workbench.models.encoders import TimmEncoder
 
     residual = make_tiny_model("residual_unet", NUM_CLASSES)
     assert isinstance(residual.encoder, TimmEncoder)  # test_resnet already has short skips

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import workbench
-from workbench.onnx_export import OnnxExportError, export_onnx
+from workbench.io.onnx import OnnxExportError, export_onnx
 
 from conftest import make_tiny_model
 
@@ -73,7 +73,7 @@ def test_grayscale_checkpoint_and_metadata(tmp_path):
 
 
 def test_a_disagreeing_export_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
-    from workbench import onnx_export
+    from workbench.io import onnx as onnx_export
 
     manifest = _save(tmp_path, "fcn32s")
     real = onnx_export.check_onnx

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import workbench
-from workbench.optimize import PARITY_OVERALL, PARITY_WORST_IMAGE, find_conv_bn_pairs, fold_conv_bn, label_agreement, optimize_for_inference, parity_holds
+from workbench.inference.fold import PARITY_OVERALL, PARITY_WORST_IMAGE, find_conv_bn_pairs, fold_conv_bn, label_agreement, optimize_for_inference, parity_holds
 from conftest import make_tiny_model
 
 ARCHS = workbench.list_architectures()
@@ -89,7 +89,7 @@ def test_bf16_fast_path_agrees_with_fp32_eager_on_trained_weights():
     99.63% overall, 99.14% on the worst of 10 images in scripts/check_bf16_parity.py; over the whole test split its mIoU
     is 60.2 in bf16 and in fp32: `workbench eval ... --precision bf16`). Single images may dip lower: flips happen where
     two classes' logits nearly tie, which is where the fp32 answer is a coin toss too."""
-    from workbench.checkpoint import read_manifest
+    from workbench.io.checkpoint import read_manifest
     from workbench.paths import checkpoints_dir, resolve_data_root
 
     shipped = [p for p in sorted(checkpoints_dir().glob("*.json")) if (read_manifest(p).get("dataset") or {}).get("name") == "camvid"]

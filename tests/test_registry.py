@@ -11,7 +11,7 @@ import pytest
 import torch.nn as nn
 
 import workbench
-from workbench.registry import ENTRY_POINT_GROUP, UnknownChoiceError
+from workbench.models.registry import ENTRY_POINT_GROUP, UnknownChoiceError
 
 BUILTIN = {"fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated", "naive", "smp_unet", "deeplabv3plus"}
 

@@ -25,8 +25,8 @@ gr = pytest.importorskip("gradio")
 app = pytest.importorskip("app")
 
 import workbench  # noqa: E402
-from workbench.checkpoint import sha256_file  # noqa: E402
-from workbench.zoo import Zoo  # noqa: E402
+from workbench.io.checkpoint import sha256_file  # noqa: E402
+from workbench.inference.zoo import Zoo  # noqa: E402
 
 
 @pytest.fixture()
@@ -259,7 +259,7 @@ def test_a_full_queue_answers_busy_at_once(tmp_path, street):
 @pytest.mark.slow
 def test_reduced_load_test_passes():
     """The CI-sized version of `workbench loadtest`: concurrent clients, valid and invalid images, no leak."""
-    from workbench.loadtest import LoadTestConfig, format_report, run_loadtest
+    from workbench.tools.loadtest import LoadTestConfig, format_report, run_loadtest
     from workbench.paths import resolve_data_root
 
     report = run_loadtest(LoadTestConfig(clients=6, requests=36, invalid_fraction=0.33, archs=["fcn8s"], memory_bound_mb=250), resolve_data_root(), progress=False)

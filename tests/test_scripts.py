@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from workbench.checkpoint import read_manifest
-from workbench.losses import parse_loss
-from workbench.registry import create_model
-from workbench.train import _init_weights, build_parser, config_from_args
+from workbench.io.checkpoint import read_manifest
+from workbench.training.losses import parse_loss
+from workbench.models.registry import create_model
+from workbench.training.trainer import _init_weights, build_parser, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUES = ["train_zoo.sh", "train_upsampling.sh", "finetune_lovasz.sh"]
@@ -172,7 +172,7 @@ def test_the_gpu_driver_refuses_to_resume_only_some_of_its_jobs(monkeypatch, tmp
 def test_a_gpu_run_cut_off_by_its_call_continues_in_the_next(monkeypatch, tmp_path):
     """The real thing, on the CPU: a run stopped after its first epoch (what the call's time limit does) is
     continued by the next driver call through `workbench train --resume`, and its best checkpoint exported."""
-    from workbench.train import Trainer
+    from workbench.training.trainer import Trainer
 
     mod = _gpu_driver()
     monkeypatch.setattr(mod, "RECIPE", TINY_RECIPE)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import workbench
-from workbench.registry import ENTRY_POINT_GROUP
+from workbench.models.registry import ENTRY_POINT_GROUP
 
 import test_models as generic
 from conftest import make_image
@@ -139,7 +139,7 @@ def test_discovered_through_its_entry_point(segnet_visible):
 
 def test_listed_by_the_cli_and_served_by_the_app(segnet_visible, tmp_path, capsys):
     from workbench.cli import main
-    from workbench.zoo import Zoo
+    from workbench.inference.zoo import Zoo
 
     assert main(["list", "--strict"]) == 0
     out = capsys.readouterr().out

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench.train import Trainer, TrainConfig, TrainingInterrupted, build_parser, config_from_args, lr_lambda, train  # noqa: E402
+from workbench.training.trainer import Trainer, TrainConfig, TrainingInterrupted, build_parser, config_from_args, lr_lambda, train  # noqa: E402
 
 # A tiny but real recipe: U-Net on the smallest timm encoder, synthetic shapes, fp32 for exact comparisons.
 BASE = dict(
@@ -52,7 +52,7 @@ def _cfg(tmp_path, **over) -> TrainConfig:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     return load_state(run / "resume.safetensors")["model"]
 
@@ -65,7 +65,7 @@ def test_training_lowers_loss_and_beats_chance(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
-    from workbench.data import build_dataset
+    from workbench.data.datasets import build_dataset
 
     chance = 1.0 / build_dataset("synthetic", "val", length=8).num_classes
     assert summary["best_val_miou"] > 1.5 * chance
@@ -92,7 +92,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
     """A run stopped after 1 epoch and resumed for 2 ends bit-identical to a 2-epoch run."""
     a = _cfg(tmp_path / "a", epochs=2)
     train(a)
-    from workbench.train import Trainer
+    from workbench.training.trainer import Trainer
 
     Trainer(_cfg(tmp_path / "b", epochs=2)).fit(stop_after_epoch=1)
     b2 = _cfg(tmp_path / "b", epochs=2, resume=True)
@@ -115,7 +115,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", *common, "--out", str(killed)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     while time.time() < deadline:  # wait until a mid-run resume point exists, then kill without warning
         state_file = killed / "resume.safetensors"
@@ -151,7 +151,7 @@ def test_a_stop_signal_ends_the_run_after_the_step_in_progress_and_resume_loses_
         trainer.fit()
     trainer.close()
     assert info.value.signum == signal.SIGTERM
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     assert load_state(Path(stopped.out) / "resume.safetensors")["global_step"] == 1  # saved at once, no periodic resume point needed
     assert not (Path(stopped.out) / "metrics.jsonl").exists()  # the unfinished epoch is not logged
@@ -177,7 +177,7 @@ def test_ctrl_c_saves_the_resume_state_and_exits_130(tmp_path):
     common = [*CLI_RUN, "--workers", "1", "--out", str(tmp_path / "run")]  # a worker process too: Ctrl-C must not kill it
     env = CLI_ENV
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", *common], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     state_file = tmp_path / "run" / "resume.safetensors"
     deadline = time.time() + 300
@@ -197,7 +197,7 @@ def test_ctrl_c_saves_the_resume_state_and_exits_130(tmp_path):
 _PLAIN_PLUGIN = """
 import torch.nn as nn
 from workbench import register_architecture
-from workbench.model import SegmentationModel
+from workbench.models.base import SegmentationModel
 
 
 class Stack(nn.Module):
@@ -238,7 +238,7 @@ def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isol
     script.write_text(
         "import sys, json, torch, torch.distributed as dist\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from workbench.train import Trainer, TrainConfig\n"
+        "from workbench.training.trainer import Trainer, TrainConfig\n"
         "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
         "t = Trainer(cfg)\n"
         "t.fit()\n"
@@ -247,8 +247,8 @@ def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isol
         "dist.all_gather(gathered, flat)\n"
         "if dist.get_rank() == 0:\n"
         "    open(sys.argv[2], 'w').write(json.dumps({'max_rank_diff': max((g - gathered[0]).abs().max().item() for g in gathered)}))\n"
-        "t.close(); del t\n"  # as workbench.train.train does; without it 3 of 55 runs aborted at exit
-        "from workbench.train import shutdown_distributed\n"
+        "t.close(); del t\n"  # as workbench.training.trainer.train does; without it 3 of 55 runs aborted at exit
+        "from workbench.training.trainer import shutdown_distributed\n"
         "shutdown_distributed()\n"
     )
     recipe = dict(BASE, arch="plain_ddp_probe", encoder=None, scale=[1.0, 1.0], epochs=1, max_steps=6, optimizer="sgd", lr=0.05, warmup_steps=0, scheduler="constant", val_limit=2)
@@ -276,7 +276,7 @@ def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isol
 
 
 def test_init_from_starts_from_a_checkpoint_and_records_it(tmp_path):
-    from workbench.train import Trainer
+    from workbench.training.trainer import Trainer
 
     parent = _cfg(tmp_path / "parent", epochs=1, max_steps=3)
     train(parent, command="parent-command")
@@ -307,7 +307,7 @@ def test_resumed_fine_tune_keeps_its_start_even_when_the_start_file_changed(tmp_
     """
     import shutil
 
-    from workbench.train import Trainer
+    from workbench.training.trainer import Trainer
 
     train(_cfg(tmp_path / "parent", epochs=1, max_steps=3), command="parent-command")
     shutil.copytree(tmp_path / "parent" / "run", tmp_path / "start")
@@ -334,7 +334,7 @@ def test_init_from_refuses_a_different_network(tmp_path):
 
 def test_init_from_lets_a_fine_tune_change_training_only_kwargs(tmp_path):
     """Dropout has no parameters and is the identity at inference: a fine-tune may turn it off, and says so."""
-    from workbench.train import TRAINING_ONLY_KWARGS
+    from workbench.training.trainer import TRAINING_ONLY_KWARGS
 
     assert "dropout" in TRAINING_ONLY_KWARGS and "upsample" not in TRAINING_ONLY_KWARGS
     train(_cfg(tmp_path / "parent", arch="fcn8s", epochs=1, max_steps=1))  # the plugin's default dropout, 0.1
@@ -381,7 +381,7 @@ def _ema_by_hand(cfg, decay_at, steps=3):
     """Three training steps, and the average worked by hand: e_1 = w_1, e_t = g_t e_(t-1) + (1 - g_t) w_t."""
     import copy
 
-    from workbench.train import Trainer, _unwrap
+    from workbench.training.trainer import Trainer, _unwrap
 
     trainer = Trainer(cfg)
     seen = []
@@ -419,7 +419,7 @@ def test_ema_warmup_is_timms_schedule_capped_by_the_decay(tmp_path):
 def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp_path):
     """--ema-decay: the average follows e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over optimizer steps
     (parameters and BatchNorm statistics); checkpoints hold it, and a resumed run continues it exactly."""
-    from workbench.train import Trainer
+    from workbench.training.trainer import Trainer
 
     d = 0.6
     trainer, seen, expected = _ema_by_hand(_cfg(tmp_path / "manual", epochs=1, ema_decay=d), lambda t: d)
@@ -433,7 +433,7 @@ def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp
     train(a)
     Trainer(_cfg(tmp_path / "b", epochs=2, ema_decay=d)).fit(stop_after_epoch=1)
     train(_cfg(tmp_path / "b", epochs=2, ema_decay=d, resume=True))
-    from workbench.state import load_state
+    from workbench.io.state import load_state
 
     sa, sb = load_state(Path(a.out) / "resume.safetensors"), load_state(tmp_path / "b" / "run" / "resume.safetensors")
     for k in sa["ema"]:
@@ -456,7 +456,7 @@ def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp
 
 
 def test_ema_comparison_of_average_and_trained_weights():
-    from workbench.train import ema_comparison
+    from workbench.training.trainer import ema_comparison
 
     def rec(avg, raw):
         return {"epoch": 1, "val": {"miou": avg}, "val_raw": {"miou": raw}}

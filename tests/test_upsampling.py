@@ -1,4 +1,4 @@
-"""The interchangeable upsampling modules of ``workbench.upsampling``."""
+"""The interchangeable upsampling modules of ``workbench.models.upsampling``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.upsampling import (
+from workbench.models.upsampling import (
     METHODS,
     BedOfNails,
     MaxUnpool,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from workbench.weighting import (
+from workbench.data.weighting import (
     BORDER_TOLERANCE,
     SEGNET_CAMVID_WEIGHTS,
     balanced_class_weight_map,

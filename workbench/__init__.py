@@ -39,23 +39,23 @@ _REGISTRY = {"ArchitectureInfo", "UnknownChoiceError", "create_model", "get_arch
 
 def __getattr__(name):  # lazy: `import workbench` loads no torch (the CLI re-executes itself before it, see allocator.py)
     if name in _REGISTRY:
-        from . import registry
+        from .models import registry
 
         return getattr(registry, name)
     if name in ("save_checkpoint", "load_checkpoint", "CheckpointError"):
-        from . import checkpoint
+        from .io import checkpoint
 
         return getattr(checkpoint, name)
     if name in ("Predictor", "Prediction"):
-        from . import predictor
+        from .inference import predictor
 
         return getattr(predictor, name)
     if name in ("push_to_hub", "from_hub"):
-        from . import hub
+        from .io import hub
 
         return getattr(hub, name)
     if name in ("load_image", "ImageError"):
-        from . import imageio
+        from .io import images as imageio
 
         return getattr(imageio, name)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")

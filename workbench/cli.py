@@ -10,7 +10,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_list(args) -> int:
-    from .registry import get_architecture, list_architectures, plugin_errors
+    from .models.registry import get_architecture, list_architectures, plugin_errors
 
     for name in list_architectures(args.pattern):
         info = get_architecture(name)
@@ -24,8 +24,8 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .analysis import count_flops, count_parameters, stage_shapes
-    from .registry import create_model, get_architecture
+    from .models.anatomy import count_flops, count_parameters, stage_shapes
+    from .models.registry import create_model, get_architecture
 
     info = get_architecture(args.name)
     model = create_model(args.name, num_classes=args.num_classes)
@@ -40,19 +40,19 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from . import bench
+    from .tools import bench
 
     return bench.main(args)
 
 
 def _cmd_bench_data(args) -> int:
-    from . import device_data
+    from .data import device as device_data
 
     return device_data.main(args)
 
 
 def _cmd_train(args) -> int:
-    from . import train
+    from .training import trainer as train
 
     return train.main(args)
 
@@ -60,10 +60,10 @@ def _cmd_train(args) -> int:
 def _cmd_export(args) -> int:
     import torch
 
-    from .checkpoint import export_checkpoint
+    from .io.checkpoint import export_checkpoint
 
     if args.onnx:
-        from .onnx_export import export_onnx
+        from .io.onnx import export_onnx
 
         if args.set or args.default:
             raise ValueError("--set and --default describe a workbench checkpoint; they do not apply to --onnx")
@@ -85,13 +85,13 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_loadtest(args) -> int:
-    from . import loadtest
+    from .tools import loadtest
 
     return loadtest.main(args)
 
 
 def _cmd_fetch_data(args) -> int:
-    from .fetch import FetchError, _fetch, usage_hint
+    from .data.fetch import FetchError, _fetch, usage_hint
     from .paths import resolve_data_root
 
     names = ["camvid", "isbi"] if args.dataset == "all" else [args.dataset]
@@ -133,7 +133,7 @@ def _manifest_field(text: str) -> tuple[str, object]:
 
 
 def _dataset_option(text: str):
-    from .evaluate import parse_dataset_option
+    from .evaluation.evaluate import parse_dataset_option
 
     try:
         return parse_dataset_option(text)
@@ -142,8 +142,8 @@ def _dataset_option(text: str):
 
 
 def _cmd_eval(args) -> int:
-    from .checkpoint import CheckpointError
-    from .evaluate import STANDARD_PROTOCOL, EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, protocol_deviations, update_manifest, write_results
+    from .io.checkpoint import CheckpointError
+    from .evaluation.evaluate import STANDARD_PROTOCOL, EvaluationError, collect_checkpoints, evaluate_checkpoint, format_leaderboard, protocol_deviations, update_manifest, write_results
 
     if args.update_manifests:  # refused before any work, not after minutes of evaluation
         extra = protocol_deviations({"flip": args.flip, "scales": args.scales, "limit": args.limit})
@@ -205,8 +205,8 @@ def _cmd_weights(args) -> int:
 
     import numpy as np
 
-    from .data import build_dataset
-    from .weighting import SEGNET_CAMVID_WEIGHTS, class_pixel_stats, inverse_frequency_weights, median_frequency_weights
+    from .data.datasets import build_dataset
+    from .data.weighting import SEGNET_CAMVID_WEIGHTS, class_pixel_stats, inverse_frequency_weights, median_frequency_weights
 
     options = {"path": args.path} if args.path else {}
     ds = build_dataset(args.dataset, args.split, data_root=args.data_root, **options)
@@ -254,7 +254,7 @@ def _cmd_weights(args) -> int:
 
 
 def _cmd_hub_push(args) -> int:
-    from .hub import push_to_hub
+    from .io.hub import push_to_hub
 
     url = push_to_hub(args.checkpoint, args.repo_id, token=args.token, private=args.private, revision=args.revision, commit_message=args.message, license=args.license)
     print(f"pushed {args.checkpoint} to https://huggingface.co/{args.repo_id} (model.safetensors, workbench.json, README.md in one commit)\n{url}")
@@ -262,8 +262,8 @@ def _cmd_hub_push(args) -> int:
 
 
 def _cmd_hub_pull(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .hub import download_from_hub, save_local_copy
+    from .io.checkpoint import load_checkpoint
+    from .io.hub import download_from_hub, save_local_copy
 
     path = download_from_hub(args.repo_id, revision=args.revision, token=args.token)
     if args.out:
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, metavar="JSON", help="also write the figures to this JSON file")
     s.set_defaults(func=_cmd_bench_data)
 
-    from .train import build_parser as train_flags
+    from .training.trainer import build_parser as train_flags
 
     s = sub.add_parser("train", help="train an architecture on a dataset (CamVid, ISBI, a folder, synthetic)")
     train_flags(s)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line, not a call from Python: swap the allocator before torch loads
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
         if command in ALLOCATOR_COMMANDS:
-            from .allocator import reexec_with_allocator
+            from .tools.allocator import reexec_with_allocator
 
             reexec_with_allocator()
     args = build_parser().parse_args(argv)

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from workbench import register_architecture
-from workbench.encoders import TimmEncoder
-from workbench.model import ConvBNAct, SegmentationModel
-from workbench.upsampling import make_upsample
+from workbench.models.encoders import TimmEncoder
+from workbench.models.base import ConvBNAct, SegmentationModel
+from workbench.models.upsampling import make_upsample
 
 __all__ = ["SegNetEncoder", "SegNetDecoder", "segnet", "VGG_DEPTHS"]
 __version__ = "0.1.0"
@@ -64,12 +64,12 @@ class SegNetEncoder(nn.Module):
 class SegNetDecoder(nn.Module):
     """Mirror of the encoder: per scale, upsample, then ``depth`` 3x3 ConvBNAct layers (no concatenation).
 
-    With ``upsample="max_unpool"`` each step is :class:`workbench.upsampling.MaxUnpool`
+    With ``upsample="max_unpool"`` each step is :class:`workbench.models.upsampling.MaxUnpool`
     guided by the encoder map of the same size and width: it max-pools that map
     2x2 again (the identical operation the encoder ran on the identical tensor),
     so its indices *are* the encoder's pooling indices, and every value returns to
     the position its maximum came from, per channel. Any other method from
-    ``workbench.upsampling`` can replace it, which is what the upsampling comparison is for.
+    ``workbench.models.upsampling`` can replace it, which is what the upsampling comparison is for.
 
     With a timm encoder (strided convolutions, no max-pool) the positions are the
     2x2 maxima of each encoder map, SegNet's rule applied to another backbone; the

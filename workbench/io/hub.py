@@ -86,7 +86,7 @@ def _offline() -> bool:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -114,7 +114,7 @@ def _md(text) -> str:
 
 def _arch_info(arch: str):
     try:
-        from .registry import get_architecture
+        from ..models.registry import get_architecture
 
         return get_architecture(arch)
     except Exception:  # unknown here (e.g. a plugin this machine lacks): the card still renders

@@ -105,7 +105,7 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5) -> s
     """
     import urllib.request
 
-    from .paths import app_path
+    from ..paths import app_path
 
     env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")
     proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -251,7 +251,7 @@ def format_report(r: dict) -> str:
 
 
 def main(args) -> int:
-    from .paths import resolve_data_root
+    from ..paths import resolve_data_root
 
     cfg = LoadTestConfig(clients=args.clients, requests=args.requests, invalid_fraction=args.invalid_fraction, archs=args.arch, url=args.url, memory_bound_mb=args.memory_bound)
     report = run_loadtest(cfg, resolve_data_root(args.data_root), progress=not args.quiet)

@@ -50,11 +50,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .checkpoint import atomic_write_bytes, save_checkpoint
-from .classes import IGNORE_INDEX, default_normalization
-from .predictor import autocast_context, cpu_supports_bf16
-from .registry import create_model
-from .state import load_state, save_state
+from ..io.checkpoint import atomic_write_bytes, save_checkpoint
+from ..classes import IGNORE_INDEX, default_normalization
+from ..inference.predictor import autocast_context, cpu_supports_bf16
+from ..models.registry import create_model
+from ..io.state import load_state, save_state
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "train", "main", "build_parser", "config_from_args"]
 
@@ -293,7 +293,7 @@ def _init_weights(model: nn.Module, path: str) -> dict[str, Any]:
     :data:`TRAINING_ONLY_KWARGS`), so the new checkpoint is the same network
     trained further; anything else is refused with the differences named.
     """
-    from .checkpoint import CheckpointError, load_checkpoint
+    from ..io.checkpoint import CheckpointError, load_checkpoint
 
     try:
         source, manifest = load_checkpoint(path)
@@ -331,7 +331,7 @@ class Trainer:
         self.cfg = cfg
         self.command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         self.rt = setup_runtime(cfg)
-        from .device_data import resolve_data_on_device
+        from ..data.device import resolve_data_on_device
 
         self.data_pipeline = "device" if resolve_data_on_device(cfg.data_on_device, self.rt.device, self.rt.world) else "dataloader"
         self.out = Path(cfg.out)
@@ -363,8 +363,8 @@ class Trainer:
             atomic_write_bytes(self.out / "config.yaml", text.encode())
 
     def _build_data(self) -> None:
-        from .data import build_dataset
-        from .transforms import eval_transforms, train_transforms
+        from ..data.datasets import build_dataset
+        from ..data.transforms import eval_transforms, train_transforms
 
         cfg = self.cfg
         opts = dict(cfg.dataset_options)
@@ -391,7 +391,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size} per process")
         if self.data_pipeline == "device":
-            from .device_data import DeviceLoader
+            from ..data.device import DeviceLoader
 
             # same sampler (order, shard, resume skip), same augmentations, run on the device in batches
             self.loader = DeviceLoader(
@@ -419,7 +419,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.class_weights == "none":
             return None
-        from . import weighting
+        from ..data import weighting
 
         if cfg.class_weights == "segnet":
             if self.train_set.num_classes != len(weighting.SEGNET_CAMVID_WEIGHTS):
@@ -579,7 +579,7 @@ class Trainer:
     @torch.inference_mode()
     def validate(self, model: nn.Module | None = None) -> dict:
         """Metrics of ``model`` (default: :meth:`eval_model`) on the validation split, sharded over the ranks."""
-        from .metrics import ConfusionMatrix
+        from ..evaluation.metrics import ConfusionMatrix
 
         model = model if model is not None else self.eval_model()
         model.eval()
@@ -705,7 +705,7 @@ class Trainer:
     def _save_checkpoint(self, name: str, val: dict | None) -> None:
         if not self.rt.is_main:
             return
-        from .bench import machine_description
+        from ..tools.bench import machine_description
 
         cfg = self.cfg
         manifest = {

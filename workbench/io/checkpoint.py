@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .classes import default_classes, default_normalization
-from .registry import UnknownChoiceError, create_model
+from ..classes import default_classes, default_normalization
+from ..models.registry import UnknownChoiceError, create_model
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors", "export_checkpoint"]
 
@@ -154,7 +154,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
     }
     out.update({k: v for k, v in manifest.items() if k not in ("weights", "format", "format_version")})
-    from . import __version__
+    from .. import __version__
 
     out["weights"] = {
         "file": weights_path.name,

@@ -21,9 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .classes import default_classes, default_normalization
-from .imageio import load_image
-from .model import MIN_INPUT_SIZE
+from ..classes import default_classes, default_normalization
+from ..io.images import load_image
+from ..models.base import MIN_INPUT_SIZE
 
 __all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "checkpoint_precision", "autocast_context"]
 
@@ -159,7 +159,7 @@ class Predictor:
             if not manifest:
                 manifest = dict(getattr(model, "workbench_config", {}) or {})
         else:
-            from .checkpoint import load_checkpoint
+            from ..io.checkpoint import load_checkpoint
 
             model, manifest = load_checkpoint(Path(model_or_checkpoint))
         kwargs = manifest.get("kwargs", {})
@@ -175,7 +175,7 @@ class Predictor:
         self.max_side = int(max_side)
         self.num_parameters = int(sum(p.numel() for p in model.parameters()))  # of the model as built, before folding
         if optimize:
-            from .optimize import optimize_for_inference
+            from .fold import optimize_for_inference
 
             model, self.optimizations = optimize_for_inference(model, torch.randn(1, self.in_chans, 64, 64))
         else:

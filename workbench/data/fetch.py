@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from .paths import DATA_ROOT_ENV, resolve_data_root
+from ..paths import DATA_ROOT_ENV, resolve_data_root
 
 __all__ = [
     "CAMVID_URL",
@@ -177,7 +177,7 @@ def verify_dataset(name: str, root: str | os.PathLike | None = None, *, quick: b
     """
     from PIL import Image
 
-    from .data import DatasetError, build_dataset
+    from .datasets import DatasetError, build_dataset
 
     src = _source(name)
     max_files = QUICK_CHECK_FILES if quick else None
@@ -301,7 +301,7 @@ def _disk_full(exc: OSError) -> bool:
 
 
 def _open(url: str, headers: dict):
-    from . import __version__
+    from .. import __version__
 
     req = urllib.request.Request(url, headers={"User-Agent": f"segmentation-workbench/{__version__}", **headers})
     return urllib.request.urlopen(req, timeout=TIMEOUT_S)
@@ -534,7 +534,7 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, url: str 
 
 
 def _fetch(name, root, *, url, force, progress, hint) -> Path:
-    from .data import DatasetError
+    from .datasets import DatasetError
 
     src = _source(name)
     url = source_url(src.name, url)
@@ -620,7 +620,7 @@ def _fetch(name, root, *, url, force, progress, hint) -> Path:
 
 def _check_existing(src: Source, root: Path, target: Path) -> tuple[str | None, str | None]:
     """(summary if the installed dataset is valid, else None; the problem if it is not, else None)."""
-    from .data import DatasetError
+    from .datasets import DatasetError
 
     if target.is_symlink() and not target.exists():
         return None, "it is a broken symbolic link"

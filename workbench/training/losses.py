@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classes import IGNORE_INDEX
+from ..classes import IGNORE_INDEX
 
 __all__ = ["LOSSES", "CrossEntropy", "LovaszSoftmax", "CombinedLoss", "parse_loss", "build_loss"]
 

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoders import DEFAULT_DECODER_CHANNELS, UNetDecoder
-from .upsampling import Upsample, icnr_, make_upsample
+from ..models.decoders import DEFAULT_DECODER_CHANNELS, UNetDecoder
+from ..models.upsampling import Upsample, icnr_, make_upsample
 
 __all__ = [
     "OPERATORS",
@@ -538,7 +538,7 @@ def constant_input_artifacts(
 
 def _display(win: np.ndarray, zoom: int = 4) -> np.ndarray:
     """The channel with the largest variance, stretched to its own range, enlarged without smoothing."""
-    from .viz import heatmap
+    from ..viz import heatmap
 
     ch = win[int(np.argmax(win.reshape(len(win), -1).var(1)))]
     lo, hi = float(ch.min()), float(ch.max())
@@ -599,9 +599,9 @@ def variant_checkpoints(folder=None) -> dict[str, Path]:
     ``checkpoints/upsampling_unet_<method>``); the method is the model's ``upsample`` kwarg.
     Unreadable manifests are skipped.
     """
-    from .checkpoint import CheckpointError, read_manifest
-    from .paths import checkpoints_dir
-    from .upsampling import canonical_upsample
+    from ..io.checkpoint import CheckpointError, read_manifest
+    from ..paths import checkpoints_dir
+    from ..models.upsampling import canonical_upsample
 
     folder = checkpoints_dir() if folder is None else Path(folder)
     found: dict[str, Path] = {}
@@ -625,9 +625,9 @@ def variant_checkpoints(folder=None) -> dict[str, Path]:
 def variant_table(checkpoints: list, images: list, *, device: str = "auto", stride: int = 2) -> list[dict]:
     """Test mIoU and CPU latency from each manifest, and the mean checkerboard score of its
     probability maps over ``images`` (paths or arrays), one dict per checkpoint."""
-    from .checkpoint import read_manifest
-    from .predictor import Predictor
-    from .upsampling import canonical_upsample
+    from ..io.checkpoint import read_manifest
+    from ..inference.predictor import Predictor
+    from ..models.upsampling import canonical_upsample
 
     rows = []
     for path in checkpoints:
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m workbench.lab table [CHECKPOINT ...] --images N --out FILE``: the trained-variant table."""
     import argparse
 
-    from .paths import resolve_data_root
+    from ..paths import resolve_data_root
 
     p = argparse.ArgumentParser(prog="python -m workbench.lab", description="Upsampling lab: the trained-variant table.")
     sub = p.add_subparsers(dest="cmd", required=True)

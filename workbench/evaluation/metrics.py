@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classes import IGNORE_INDEX
+from ..classes import IGNORE_INDEX
 
 __all__ = [
     "ConfusionMatrix",

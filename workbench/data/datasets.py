@@ -70,9 +70,9 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from .classes import CAMVID_CLASSES, CAMVID_VOID, IGNORE_INDEX, ISBI_CLASSES, default_normalization, palette
-from .imageio import ImageError, load_image
-from .paths import DATA_ROOT_ENV, PACKAGE_DIR, resolve_data_root
+from ..classes import CAMVID_CLASSES, CAMVID_VOID, IGNORE_INDEX, ISBI_CLASSES, default_normalization, palette
+from ..io.images import ImageError, load_image
+from ..paths import DATA_ROOT_ENV, PACKAGE_DIR, resolve_data_root
 from .weighting import WeightMap, unet_border_weights
 
 __all__ = ["DatasetError", "SegDataset", "SyntheticDataset", "LabelDecoder", "build_dataset", "synthetic_sample", "require_data_root", "DATASETS"]

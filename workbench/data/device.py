@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .classes import IGNORE_INDEX
+from ..classes import IGNORE_INDEX
 
 __all__ = ["DeviceData", "DeviceLoader", "resolve_data_on_device", "bench_data_pipeline", "format_bench_table"]
 
@@ -148,7 +148,7 @@ class DeviceData:
 def _default_sampler(n: int, seed: int):
     from torch.utils.data import DistributedSampler
 
-    from .train import EpochSampler
+    from ..training.trainer import EpochSampler
 
     class _Len:  # DistributedSampler only asks for len()
         def __len__(self) -> int:
@@ -397,10 +397,10 @@ def bench_data_pipeline(
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from .bench import machine_description
-    from .classes import default_normalization
-    from .data import build_dataset
-    from .train import EpochSampler, SeededView, _collate
+    from ..tools.bench import machine_description
+    from ..classes import default_normalization
+    from .datasets import build_dataset
+    from ..training.trainer import EpochSampler, SeededView, _collate
     from .transforms import train_transforms
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -496,7 +496,7 @@ def main(args) -> int:
     if args.out:
         from pathlib import Path
 
-        from .checkpoint import atomic_write_bytes
+        from ..io.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(Path(args.out), (json.dumps(result, indent=2) + "\n").encode())
         print(f"\nwrote {args.out}")

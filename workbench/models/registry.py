@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from .paths import plugins_dirs
+from ..paths import plugins_dirs
 
 __all__ = [
     "ArchitectureInfo",

@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .classes import IGNORE_INDEX
+from ..classes import IGNORE_INDEX
 from .weighting import WeightMap
 
 __all__ = ["RandomScale", "train_transforms", "eval_transforms"]

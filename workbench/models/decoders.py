@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .encoders import TimmEncoder
-from .model import DoubleConv, SegmentationModel
+from .base import DoubleConv, SegmentationModel
 from .upsampling import make_upsample
 
 __all__ = ["UNetStage", "UNetDecoder", "DEFAULT_DECODER_CHANNELS", "build_unet"]

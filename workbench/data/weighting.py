@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 from torchvision import tv_tensors
 
-from .classes import IGNORE_INDEX
+from ..classes import IGNORE_INDEX
 
 __all__ = [
     "SEGNET_CAMVID_WEIGHTS",

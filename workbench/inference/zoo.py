@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, read_manifest
-from .classes import CAMVID_CLASSES
-from .paths import checkpoints_dir
+from ..io.checkpoint import CheckpointError, read_manifest
+from ..classes import CAMVID_CLASSES
+from ..paths import checkpoints_dir
 from .predictor import Prediction, Predictor
-from .registry import create_model, get_architecture, list_architectures
+from ..models.registry import create_model, get_architecture, list_architectures
 
 __all__ = ["Zoo", "ZooEntry", "ModelTimeout", "discover_checkpoints", "DEFAULT_TIMEOUT_S"]
 

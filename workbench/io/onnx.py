@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .classes import default_normalization
-from .model import MIN_INPUT_SIZE, PadCropModel
+from ..classes import default_normalization
+from ..models.base import MIN_INPUT_SIZE, PadCropModel
 
 OPSET = 18
 CHECK_SIZES = ((360, 480), (97, 131))  # a CamVid frame and an odd size: the dynamic axes really are dynamic

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from .allocator import active_allocator
-from .analysis import count_flops, count_parameters
-from .predictor import autocast_context, resolve_device, resolve_precision
-from .registry import create_model, list_architectures
+from ..models.anatomy import count_flops, count_parameters
+from ..inference.predictor import autocast_context, resolve_device, resolve_precision
+from ..models.registry import create_model, list_architectures
 
 __all__ = ["time_model", "run_bench", "smp_reference", "matmul_peak_gflops", "time_train_step", "run_train_bench", "machine_description"]
 
@@ -92,8 +92,8 @@ def _peak_memory_mb(name: str, size, batch: int, precision: str, device: str) ->
 
     code = (
         "import sys, torch, workbench\n"
-        "from workbench.predictor import autocast_context, resolve_device\n"
-        "from workbench.optimize import optimize_for_inference\n"
+        "from workbench.inference.predictor import autocast_context, resolve_device\n"
+        "from workbench.inference.fold import optimize_for_inference\n"
         f"dev = resolve_device({device!r}); torch.manual_seed(0)\n"
         f"m = workbench.create_model({name!r}, num_classes=11)\n"
         "m, _ = optimize_for_inference(m, torch.randn(1, 3, 64, 64)); m = m.to(dev)\n"
@@ -137,7 +137,7 @@ def run_bench(names: list[str] | None = None, *, size=(360, 480), num_classes: i
     achieved GFLOP/s against the measured matrix-multiply peak in the same dtype; plus smp's U-Net with
     the same encoder in plain eager fp32 (the reference a user would otherwise pick).
     """
-    from .optimize import optimize_for_inference
+    from ..inference.fold import optimize_for_inference
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -187,7 +187,7 @@ def smp_reference(*, encoder: str | None = None, size=(360, 480), num_classes: i
     """
     import segmentation_models_pytorch as smp
 
-    from .encoders import DEFAULT_ENCODER
+    from ..models.encoders import DEFAULT_ENCODER
 
     dev = resolve_device(device)
     encoder = encoder or DEFAULT_ENCODER
@@ -272,7 +272,7 @@ def run_engine_bench(name: str = "unet", *, size=(360, 480), repeats: int = 10) 
 
     import numpy as np
 
-    from .optimize import optimize_for_inference
+    from ..inference.fold import optimize_for_inference
 
     dev = torch.device("cpu")
     prec = resolve_precision("auto", dev)
@@ -367,7 +367,7 @@ def _load_app():
     import importlib.util
     import sys
 
-    from .paths import app_path
+    from ..paths import app_path
 
     if "app" in sys.modules and hasattr(sys.modules["app"], "compare"):
         return sys.modules["app"]
@@ -503,8 +503,8 @@ def run_loss_bench(*, batch_size: int = 8, size=(224, 224), num_classes: int = 1
     """Forward + backward of every loss term on random logits with 5% void pixels, and smp's Lovasz-softmax beside ours."""
     import segmentation_models_pytorch as smp
 
-    from .classes import IGNORE_INDEX
-    from .losses import LOSSES, build_loss
+    from ..classes import IGNORE_INDEX
+    from ..training.losses import LOSSES, build_loss
 
     dev = resolve_device(device)
     g = torch.Generator().manual_seed(0)
@@ -559,7 +559,7 @@ def allocator_probe(name: str, *, batch_size: int = 8, train_size=(224, 224), si
     peak resident memory and the share of CPU time spent in the kernel (page faults, mmap/munmap)."""
     import resource
 
-    from .optimize import optimize_for_inference
+    from ..inference.fold import optimize_for_inference
 
     dev = resolve_device("cpu")
     fast = resolve_precision("auto", dev)
@@ -600,10 +600,10 @@ def run_allocator_bench(names: list[str], *, batch_size: int = 8, train_size=(22
         env = {k: v for k, v in os.environ.items() if k not in (MARK, "LD_PRELOAD")} | {ENV: alloc}
         for name in names:
             code = (
-                "from workbench.allocator import reexec_with_allocator\n"
+                "from workbench.tools.allocator import reexec_with_allocator\n"
                 "reexec_with_allocator()\n"
                 "import json\n"
-                "from workbench.bench import allocator_probe\n"
+                "from workbench.tools.bench import allocator_probe\n"
                 f"print(json.dumps(allocator_probe({name!r}, batch_size={batch_size}, train_size={tuple(train_size)}, size={tuple(size)}, repeats={repeats})))\n"
             )
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
@@ -646,7 +646,7 @@ ENCODER_CANDIDATES = ("resnet10t", "resnet18", "resnet34", "efficientnet_b0", "m
 
 def run_encoder_bench(names=ENCODER_CANDIDATES, *, size=(384, 480), device: str = "auto", repeats: int = 10) -> dict:
     """Encoder candidates for the shared timm encoder: parameters, fp16 size, latency (fp32 and the fast precision)."""
-    from .encoders import TimmEncoder
+    from ..models.encoders import TimmEncoder
 
     dev = resolve_device(device)
     fast = resolve_precision("auto", dev)
@@ -737,7 +737,7 @@ def main(args) -> int:
     elif args.engines:
         result = run_engine_bench((args.arch or ["unet"])[0], size=tuple(args.size), repeats=args.repeats)
     elif args.request:
-        from .paths import resolve_data_root
+        from ..paths import resolve_data_root
 
         image = args.image or next(iter(sorted((resolve_data_root() / "camvid" / "test").glob("*.png"))), None)
         if image is None:

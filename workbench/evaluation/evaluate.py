@@ -49,10 +49,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .classes import IGNORE_INDEX, default_normalization
+from ..classes import IGNORE_INDEX, default_normalization
 from .metrics import ConfusionMatrix, foreground_iou, pixel_error, rand_scores, segmentation_metrics
-from .model import MIN_INPUT_SIZE
-from .predictor import autocast_context, checkpoint_precision, resolve_device, resolve_precision
+from ..models.base import MIN_INPUT_SIZE
+from ..inference.predictor import autocast_context, checkpoint_precision, resolve_device, resolve_precision
 
 __all__ = [
     "EvaluationError",
@@ -417,8 +417,8 @@ def evaluate_model(
 
 def _build_dataset(name: str, split: str, data_root, mean, std, options: dict) -> Any:
     try:
-        from .data import DatasetError, build_dataset
-        from .transforms import eval_transforms
+        from ..data.datasets import DatasetError, build_dataset
+        from ..data.transforms import eval_transforms
     except ImportError as exc:
         raise EvaluationError(f"the dataset module is not available ({exc}); pass a dataset object instead") from None
     try:
@@ -483,7 +483,7 @@ def evaluate_checkpoint(
         EvaluationError: no dataset named, data missing, unknown split, or a model
             and dataset that do not fit together.
     """
-    from .checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
 
     model, manifest = load_checkpoint(path)
     kwargs = manifest.get("kwargs", {})
@@ -503,7 +503,7 @@ def evaluate_checkpoint(
             options.setdefault("num_classes", int(kwargs.get("num_classes")))
         norm = manifest.get("normalization") or default_normalization(int(kwargs.get("in_chans", 3)))
         ds = _build_dataset(ds_name, split, data_root, norm["mean"], norm["std"], options)
-        from .paths import resolve_data_root
+        from ..paths import resolve_data_root
 
         root = str(resolve_data_root(data_root)) if ds_name not in ("synthetic", "folder") else None
     else:
@@ -531,7 +531,7 @@ def evaluate_checkpoint(
         ignore_index=int(getattr(ds, "ignore_index", IGNORE_INDEX)),
         desc=f"{manifest['architecture']} {ds_name}/{split}",
     )
-    from . import __version__
+    from .. import __version__
 
     if cost:
         res["cost"] = model_cost(model, in_chans, precision=checkpoint_precision(manifest, "auto", torch.device("cpu")))
@@ -554,8 +554,8 @@ def evaluate_checkpoint(
 def model_cost(model: nn.Module, in_chans: int = 3, size: tuple[int, int] = (360, 480), repeats: int = 10, precision: str = "auto") -> dict[str, Any]:
     """GFLOPs and latency of one ``size`` image as the app runs it (channels_last, CPU, ``precision``:
     what :func:`~workbench.predictor.checkpoint_precision` gives the app for the checkpoint)."""
-    from .analysis import count_flops
-    from .bench import machine_description, time_model
+    from ..models.anatomy import count_flops
+    from ..tools.bench import machine_description, time_model
 
     dev = torch.device("cpu")
     prec = resolve_precision(precision, dev)
@@ -588,7 +588,7 @@ def update_manifest(result: dict) -> Path:
     Only the manifest changes: the weights and their sha256 stay as they are. A result evaluated with
     test-time augmentation or on part of the split is refused (:func:`protocol_deviations`).
     """
-    from .checkpoint import atomic_write_bytes, read_manifest
+    from ..io.checkpoint import atomic_write_bytes, read_manifest
 
     deviations = protocol_deviations(result.get("options") or {})
     if deviations:
@@ -628,7 +628,7 @@ def collect_checkpoints(paths: Iterable[str | os.PathLike]) -> tuple[list[Path],
         ``(manifests, warnings)``: de-duplicated manifest paths in the given order,
         and one message per argument that is not a checkpoint (e.g. a results JSON).
     """
-    from .checkpoint import CheckpointError, read_manifest
+    from ..io.checkpoint import CheckpointError, read_manifest
 
     out: list[Path] = []
     seen: set[str] = set()
@@ -754,7 +754,7 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .checkpoint import atomic_write_bytes
+    from ..io.checkpoint import atomic_write_bytes
 
     m = result["metrics"]
     conf = np.asarray(m["confusion"], dtype=np.float64)
@@ -808,7 +808,7 @@ def write_results(results: list[dict], out_dir: str | os.PathLike) -> dict[str, 
     Returns:
         ``{"json": [...], "confusion": [...], "leaderboard": [...]}`` paths.
     """
-    from .checkpoint import atomic_write_bytes
+    from ..io.checkpoint import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
