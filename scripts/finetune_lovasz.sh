@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Lovasz round: fine-tune each shipped CamVid checkpoint with cross-entropy plus smp's Lovasz-softmax
-# loss (no class weights, a weight average), one after another, resumably (README "The Lovasz term").
+# loss (no class weights, a weight average), one after another, resumably (docs/training-log.md "The Lovasz round").
 #   bash scripts/finetune_lovasz.sh [RUNS_DIR] [ARCH ...]     (default runs/lovasz, every arch below)
 # A run replaces its start checkpoint only when its val mIoU rises by at least 1.0 (set before the round);
 # export with `workbench export RUNS_DIR/camvid_ARCH/best.json checkpoints/camvid_ARCH`.

@@ -3,7 +3,7 @@
 # the CUDA tests, zoo training within a budget (scripts/train_zoo_gpu.py), then the GPU benchmark.
 # Expects CamVid train/val packed by scripts/pack_camvid.py in .gpudata/ and $OUT for the results.
 #   OUT=/tmp/out BUDGET=360 JOBS="residual_unet smp_unet" bash scripts/gpu_session.sh
-# One schedule over several calls (README, Training): PLAN_BUDGET seconds of training in all, the runs in
+# One schedule over several calls (docs/gpu.md, scripts/README.md): PLAN_BUDGET seconds of training in all, the runs in
 # RUNS (a folder the next call carries), TESTS=none and BENCH=none to give a call's time to training alone:
 #   OUT=/tmp/out BUDGET=540 PLAN_BUDGET=1000 RUNS=.gpurun TESTS=none BENCH=none JOBS=tiramisu_lovasz bash scripts/gpu_session.sh
 # Each such call returns the runs' resume state as state.tar.*; here, `cat state.tar.* | tar xf -` in the

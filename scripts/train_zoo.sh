@@ -2,7 +2,7 @@
 # Train every shipped checkpoint with `workbench train`, one after another, resumably.
 # Re-running the script continues unfinished runs (--resume) and skips finished ones.
 #   bash scripts/train_zoo.sh [RUNS_DIR]        (default runs/zoo)
-# The recipe is the one the README's leaderboard reports; see README "Training the zoo".
+# The recipe is the one the README's leaderboard reports; see docs/training-log.md "Reproducing the zoo".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-runs/zoo}"

@@ -50,7 +50,7 @@ JOBS = {
     # FC-DenseNet is 4-6x slower per pixel than the others: 224x224 crops (the paper's training crops) buy it
     # ~2.5x the epochs in the same budget; it is still evaluated at full resolution
     "tiramisu": ["--arch", "tiramisu", "--model-kwargs", '{"variant": "fc_densenet56"}', "--crop", "224", "224"],
-    # the recipe that took the CPU-trained Tiramisu furthest (README, fourth run): no class weights, the
+    # the recipe that took the CPU-trained Tiramisu furthest (docs/training-log.md, The Tiramisu: the fourth run): no class weights, the
     # Lovasz-softmax term and a weight average, here from scratch and at full resolution; the average warmed
     # up, so the random start does not hold it back for the first epochs (the CPU probe's val trailed the
     # trained weights by 14 points at epoch 4)

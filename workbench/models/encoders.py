@@ -22,7 +22,7 @@ import torch.nn as nn
 __all__ = ["TimmEncoder", "list_encoders", "DEFAULT_ENCODER"]
 
 # The shared encoder of the classic architectures: a ResNet-10-T (4.9 M parameters,
-# about 13 ms on 1x3x384x480 in bf16 on a 2-core EPYC; see README "Choosing the encoder").
+# about 13 ms on 1x3x384x480 in bf16 on a 2-core EPYC; see docs/performance.md "Per architecture").
 DEFAULT_ENCODER = "resnet10t"
 
 # Block classes that carry an identity/short skip. Used to tell whether an
