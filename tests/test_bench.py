@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.tools import bench
+from workbench.tools import bench, bench_engines, bench_request, bench_training, machine, timing
 from workbench.models.anatomy import count_parameters
 from workbench.models.registry import create_model
 
@@ -34,7 +34,7 @@ def test_request_profile_with_and_without_ground_truth(tmp_path, image_factory):
     without ground truth has no scoring stage; the table shows both side by side."""
     image = tmp_path / "photo.png"
     image_factory(96, 64).save(image)
-    prof = bench.profile_request(str(image), ("fcn8s", "naive"), repeats=2)
+    prof = bench_request.profile_request(str(image), ("fcn8s", "naive"), repeats=2)
     stages = prof["stages_ms"]
     assert {"decode", "network", "colorize, overlay, error maps, legends", "image encoding (Gradio)"} <= set(stages)
     assert "scores vs ground truth" not in stages  # not a CamVid image
@@ -45,8 +45,8 @@ def test_request_profile_with_and_without_ground_truth(tmp_path, image_factory):
     assert prof["overhead_share"] == pytest.approx(1 - stages["network"] / prof["total_ms"])
     assert 0 < prof["overhead_share"] < 1
     copy = shutil.copyfile(image, tmp_path / "upload.png")
-    other = bench.profile_request(str(copy), ("fcn8s", "naive"), repeats=1)
-    md = bench.request_to_markdown(prof, {"start_to_first_answer_s": 1.0, "request_p50_ms": 10.0, "request_max_ms": 12.0, "answer_p50_ms": 7.0}, other)
+    other = bench_request.profile_request(str(copy), ("fcn8s", "naive"), repeats=1)
+    md = bench_request.request_to_markdown(prof, {"start_to_first_answer_s": 1.0, "request_p50_ms": 10.0, "request_max_ms": 12.0, "answer_p50_ms": 7.0}, other)
     assert "| stage | CamVid example ms | share | own upload ms | share |" in md
     assert f"**{100 * prof['overhead_share']:.1f}%**" in md and "start to first answered request 1.0 s" in md
     assert "p50 10 ms (max 12 ms), of which the answer without the client downloading" in md and "is 7 ms (p50)" in md
@@ -62,7 +62,7 @@ def test_encode_outputs_counts_palette_masks(monkeypatch):
     mask = Image.fromarray(np.zeros((36, 48), np.uint8), "P")
     overlay = np.zeros((36, 48, 3), np.uint8)
     components = [gr.Image(format="png"), gr.Image(format="jpeg"), gr.Markdown()]
-    assert bench._encode_outputs([mask, overlay, "text"], components) >= 0
+    assert bench_request._encode_outputs([mask, overlay, "text"], components) >= 0
     assert saved == [("P", "png"), ("RGB", "jpeg")]
 
 
@@ -71,20 +71,28 @@ def test_train_bench_rows_and_compiled_variants(monkeypatch):
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)  # the wiring, not Inductor (test_train compiles for real)
-    result = bench.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1, compile=True)
+    result = bench_training.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1, compile=True)
     rows = result["rows"]
     assert [(r["precision"] == "fp32", r["channels_last"], r["compile"]) for r in rows][0] == (True, False, False)  # the baseline
     assert sum(r["compile"] for r in rows) == 2 and len(compiled) == 2
     for r in rows[1:]:
         assert r["speedup_vs_fp32"] == pytest.approx(r["images_per_s"] / rows[0]["images_per_s"])
         assert r["images_per_s"] == pytest.approx(2 / r["step_s"]) and r["first_step_s"] > 0
-    md = bench.train_to_markdown(result)
+    md = bench_training.train_to_markdown(result)
     assert md.count("| fcn32s |") == len(rows) and "| yes (" in md
-    assert len(bench.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1)["rows"]) == len(rows) - 2
+    assert len(bench_training.run_train_bench(["fcn32s"], batch_size=2, size=(64, 64), repeats=1)["rows"]) == len(rows) - 2
+
+
+def test_machine_description_records_the_isa_and_native_bf16():
+    import torch
+
+    m = machine.machine_description()
+    assert m["isa"] == torch.backends.cpu.get_cpu_capability() and isinstance(m["bf16"], bool)
+    assert machine.machine_line(m) == f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}" + (f", {m['allocator']}" if m["allocator"] else "")
 
 
 def test_fmt_ms_keeps_the_digits_that_matter():
-    assert [bench.fmt_ms(v) for v in (1.234, 9.996, 28.84, 99.94, 1295.4)] == ["1.23", "10.00", "28.8", "99.9", "1295"]
+    assert [timing.fmt_ms(v) for v in (1.234, 9.996, 28.84, 99.94, 1295.4)] == ["1.23", "10.00", "28.8", "99.9", "1295"]
 
 
 def test_render_rewrites_a_stored_result_without_measuring(tmp_path, monkeypatch):
@@ -111,7 +119,7 @@ def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "compile", lambda m: m)  # the wiring, not Inductor (timings are not checked here)
-    result = bench.run_engine_bench("fcn8s", size=(48, 72), repeats=1)
+    result = bench_engines.run_engine_bench("fcn8s", size=(48, 72), repeats=1)
     rows = {r["engine"].split(" (")[0]: r for r in result["rows"]}
     assert rows["torch eager fp32"]["label_agreement"] == 1.0
     for r in result["rows"]:
@@ -119,7 +127,7 @@ def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
             assert r["latency_p50_ms"] > 0 and 0.5 <= r["label_agreement"] <= 1.0
     comp = rows["torch.compile of the fast path"]
     assert comp["new_size"] == [64, 96] and comp["new_size_first_call_s"] > 0 and comp["compile_s"] > 0
-    md = bench.engines_to_markdown(result)
+    md = bench_engines.engines_to_markdown(result)
     assert "first call at 64x96" in md and bench.markdown_for(result) == md
 
 
@@ -128,14 +136,14 @@ def test_loss_bench_times_every_term_and_checks_lovasz_against_smp():
 
     from workbench.training.losses import LOSSES
 
-    result = bench.run_loss_bench(batch_size=2, size=(16, 16), repeats=1)
+    result = bench_training.run_loss_bench(batch_size=2, size=(16, 16), repeats=1)
     rows = {r["loss"]: r for r in result["rows"]}
     assert set(rows) == {*LOSSES, "lovasz (smp)"}
     assert rows["lovasz"]["value"] == pytest.approx(rows["lovasz (smp)"]["value"], rel=1e-5)  # the same loss
     assert rows["ce"]["vs_ce"] == 1.0 and all(r["ms"] > 0 for r in rows.values())
     assert result["lovasz_speedup_vs_smp"] == pytest.approx(rows["lovasz (smp)"]["ms"] / rows["lovasz"]["ms"])
     md = bench.markdown_for(json.loads(json.dumps(result)))
-    assert md == bench.losses_to_markdown(result) and "| lovasz (smp) |" in md and "2 x 11 classes x 16x16" in md
+    assert md == bench_training.losses_to_markdown(result) and "| lovasz (smp) |" in md and "2 x 11 classes x 16x16" in md
 
 
 def test_allocator_bench_runs_each_allocator_in_its_own_process():
@@ -143,14 +151,14 @@ def test_allocator_bench_runs_each_allocator_in_its_own_process():
 
     from workbench.tools.allocator import find_library
 
-    result = bench.run_allocator_bench(["naive"], batch_size=2, train_size=(32, 32), size=(32, 32), repeats=1)
+    result = bench_training.run_allocator_bench(["naive"], batch_size=2, train_size=(32, 32), size=(32, 32), repeats=1)
     ran = [r["allocator"] for r in result["rows"]]  # each row's allocator is what its process had loaded
-    assert ran == [a for a in bench.ALLOCATORS if a == "system" or find_library(a)]
-    assert result["not_installed"] == [a for a in bench.ALLOCATORS if a not in ran]
+    assert ran == [a for a in bench_training.ALLOCATORS if a == "system" or find_library(a)]
+    assert result["not_installed"] == [a for a in bench_training.ALLOCATORS if a not in ran]
     base = result["rows"][0]
     assert base["train_speedup"] == 1.0 and base["latency_speedup"] == 1.0
     for r in result["rows"]:
         assert r["train_step_s"] > 0 and r["latency_p50_ms"] > 0 and r["max_rss_mb"] > 50 and 0 <= r["kernel_time_share"] < 1
         assert r["train_speedup"] == pytest.approx(base["train_step_s"] / r["train_step_s"])
     md = bench.markdown_for(json.loads(json.dumps(result)))
-    assert md == bench.allocators_to_markdown(result) and "| naive | system |" in md and "batch 2 x 32x32" in md
+    assert md == bench_training.allocators_to_markdown(result) and "| naive | system |" in md and "batch 2 x 32x32" in md

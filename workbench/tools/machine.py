@@ -1,0 +1,51 @@
+"""The machine a measurement ran on, as every benchmark, evaluation cost and training run records it.
+
+``machine_description()`` is the dict stored in results (``"machine"`` in ``benchmarks/*.json``,
+``"hardware"`` in training runs); ``machine_line()`` is the short form the tables' captions print.
+The CPU's instruction set (``isa``: what PyTorch dispatches its kernels to, from
+``torch.backends.cpu.get_cpu_capability()``) and whether it has native bf16 kernels (``bf16``) are
+recorded because they decide which precision is fast: without AVX512-BF16 or AMX, bf16 on the CPU
+is emulated and slower than fp32.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from ..inference.predictor import cpu_supports_bf16
+from .allocator import active_allocator
+
+__all__ = ["cpu_model", "machine_description", "machine_line"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> dict:
+    """CPU model, instruction set, native bf16, threads, torch, CUDA device, Python and allocator."""
+    return {
+        "cpu": cpu_model(),
+        "isa": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2, AVX512 (AMX and AVX512-BF16 show in "bf16")
+        "bf16": cpu_supports_bf16(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "allocator": active_allocator(),
+    }
+
+
+def machine_line(m: dict) -> str:
+    """``2 threads, AMD EPYC, torch 2.x, tcmalloc``: the machine as the tables' captions name it."""
+    return f"{m['threads']} threads, {m['cpu']}, torch {m['torch']}" + (f", {m['allocator']}" if m.get("allocator") else "")
