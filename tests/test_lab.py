@@ -1,4 +1,4 @@
-"""The upsampling lab (workbench.lab.operators) and its tab: overlap counts, checkerboard score, operators, constant input.
+"""The upsampling lab (workbench.lab) and its tab: overlap counts, checkerboard score, operators, constant input.
 
 ICNR pixel shuffle at initialisation equal to nearest upsampling of its sub-convolution output is tested
 on the module itself in tests/test_upsampling.py (test_icnr_pixel_shuffle_is_nearest_at_init); here the
@@ -8,15 +8,18 @@ lab's own pixel-shuffle operator is checked to be exactly nearest.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.lab import operators as lab
+from workbench import lab
+from workbench.app import compare as compare_tab
+from workbench.app import upsampling as upsampling_tab
+from workbench.lab.__main__ import main as lab_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORS = (2, 4, 8)
@@ -289,14 +292,11 @@ def test_export_set_marks_variants_and_the_zoo_skips_them(lab_checkpoints):
 
 
 def test_variant_table_command(lab_checkpoints, tmp_path, capsys):
-    assert lab.main(["table", str(lab_checkpoints / "upsampling_unet_nearest.json"), "--data-root", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
+    assert lab_main(["table", str(lab_checkpoints / "upsampling_unet_nearest.json"), "--data-root", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
     assert "| upsampling_unet_nearest | `nearest` | 50.0 | - |" in text
 
 
-sys.path.insert(0, str(ROOT))
-app = pytest.importorskip("app")
-gr = pytest.importorskip("gradio")
 
 
 @pytest.fixture(scope="module")
@@ -310,50 +310,50 @@ def street(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("factor", [2, 8])
 def test_tab_operators(street, factor):
-    gallery, table, note = app.lab_operators(street, factor)
+    gallery, table, note = upsampling_tab.lab_operators(street, factor)
     assert len(gallery) == 2 + len(lab.OPERATORS) and len(table) == len(lab.OPERATORS)
     assert gallery[1][0].shape == (96 // factor, 128 // factor, 3)
     assert all(img.shape == (96, 128, 3) for img, _ in gallery[2:])
     assert all("PSNR" in cap and "SSIM" in cap and "checkerboard" in cap for _, cap in gallery[2:])
-    assert all(len(row) == len(app.LAB_TABLE_HEADERS) for row in table)
+    assert all(len(row) == len(upsampling_tab.LAB_TABLE_HEADERS) for row in table)
     assert "checkerboard score" in note
     with pytest.raises(gr.Error):
-        app.lab_operators(street, 3)
+        upsampling_tab.lab_operators(street, 3)
     with pytest.raises(gr.Error):
-        app.lab_operators(None, 2)
+        upsampling_tab.lab_operators(None, 2)
 
 
 def test_tab_overlap():
-    fig, text = app.lab_overlap(3, 2)
+    fig, text = upsampling_tab.lab_overlap(3, 2)
     assert fig is not None and "Uneven" in text and "1, 2" in text
-    assert "Even" in app.lab_overlap(4, 2)[1]
+    assert "Even" in upsampling_tab.lab_overlap(4, 2)[1]
     with pytest.raises(gr.Error, match="at least"):
-        app.lab_overlap(2, 3)
+        upsampling_tab.lab_overlap(2, 3)
 
 
 def test_tab_constant_input(monkeypatch):
     full = lab.constant_input_gallery
     small = lambda seed: full(seed, methods=["nearest", "transposed k3 s2 (default init)"], **SMALL_DECODER)  # noqa: E731
-    monkeypatch.setattr(app.lab, "constant_input_gallery", small)
-    monkeypatch.setattr(app, "_LAB_CONSTANT_CACHE", {})
-    gallery, table, text = app.lab_constant_input(0)
+    monkeypatch.setattr(upsampling_tab.lab, "constant_input_gallery", small)
+    monkeypatch.setattr(upsampling_tab, "_LAB_CONSTANT_CACHE", {})
+    gallery, table, text = upsampling_tab.lab_constant_input(0)
     assert len(gallery) == len(table) == 2
     assert table[0][-1] == "no artifacts" and table[1][-1] == "period-2 artifacts"
     assert "constant" in text
 
 
 def test_tab_trained_variants(monkeypatch, tmp_path, lab_checkpoints, street):
-    monkeypatch.setattr(app, "_LAB_PREDICTORS", {})
+    monkeypatch.setattr(upsampling_tab, "_LAB_PREDICTORS", {})
     monkeypatch.setenv("WORKBENCH_CHECKPOINTS", str(tmp_path / "empty"))
-    gallery, table, text = app.lab_trained(None)  # nothing shipped: a message, no error, no image needed
+    gallery, table, text = upsampling_tab.lab_trained(None)  # nothing shipped: a message, no error, no image needed
     assert gallery == [] and table == [] and "No trained upsampling variants" in text
     monkeypatch.setenv("WORKBENCH_CHECKPOINTS", str(lab_checkpoints))
-    gallery, table, text = app.lab_trained(street)
+    gallery, table, text = upsampling_tab.lab_trained(street)
     assert len(gallery) == 1 and gallery[0][0].shape == (96, 128, 3)
-    assert table[0][:3] == ["upsampling_unet_nearest", "nearest", "50.0"] and len(table[0]) == len(app.LAB_VARIANT_HEADERS)
+    assert table[0][:3] == ["upsampling_unet_nearest", "nearest", "50.0"] and len(table[0]) == len(upsampling_tab.LAB_VARIANT_HEADERS)
 
 
 def test_compare_cards_show_the_checkerboard_score(street):
-    out = app.compare(street, ["naive"], 0.5)
-    header = out[app.ARCHITECTURES.index("naive") * app.CARD_FIELDS + 1]
+    out = compare_tab.compare(street, ["naive"], 0.5)
+    header = out.cards["naive"]["header"]
     assert "checkerboard" in header
