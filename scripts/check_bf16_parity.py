@@ -4,7 +4,7 @@ On every 24th image of the test split (no labels are read: this is a numerical c
 darker test sequences give less confident predictions, hence more near-ties, than val), the app's fast
 path in bf16 (folded BN, channels_last, bf16 autocast) is compared with the fp32 eager model. Where fewer
 than 99.5% of pixels get the same label, or fewer than 98.5% on any one image
-(``workbench.inference.fold.parity_holds``), the manifest gets ``"inference": {"precision": "fp32", ...}``,
+(``workbench.inference.parity.parity_holds``), the manifest gets ``"inference": {"precision": "fp32", ...}``,
 which ``Predictor(precision="auto")`` (the app) honours (``workbench.inference.predictor.checkpoint_precision``).
 The app runs bf16 for speed, so the model is also timed both ways at 360x480 (as the leaderboard's CPU ms, median of
 10 runs): where bf16 is not faster on this CPU (large transposed convolutions, e.g. FCN-32s's 64x64 one,
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from workbench.tools.bench import time_model  # noqa: E402
 from workbench.io.checkpoint import read_manifest  # noqa: E402
-from workbench.inference.fold import PARITY_OVERALL, PARITY_WORST_IMAGE, label_agreement, parity_holds  # noqa: E402
+from workbench.inference.parity import PARITY_OVERALL, PARITY_WORST_IMAGE, label_agreement, parity_holds  # noqa: E402
 from workbench.paths import resolve_data_root  # noqa: E402
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import workbench
-from workbench.inference.fold import PARITY_OVERALL, PARITY_WORST_IMAGE, find_conv_bn_pairs, fold_conv_bn, label_agreement, optimize_for_inference, parity_holds
+from workbench.inference.fold import find_conv_bn_pairs, fold_conv_bn, optimize_for_inference
+from workbench.inference.parity import PARITY_OVERALL, PARITY_WORST_IMAGE, label_agreement, parity_holds
 from conftest import make_tiny_model
 
 ARCHS = workbench.list_architectures()

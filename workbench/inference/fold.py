@@ -7,7 +7,8 @@ convolution's weights (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and removes
 the BatchNorm (keeping timm's fused activation where a ``BatchNormAct2d`` holds
 one). The folded model is checked against the original on the example input:
 if the outputs differ (a convolution output that also fed something else), the
-original is kept.
+original is kept. Whether an optimised path still gives the same labels is
+measured in :mod:`workbench.inference.parity`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["find_conv_bn_pairs", "fold_conv_bn", "optimize_for_inference", "label_agreement", "parity_holds", "PARITY_OVERALL", "PARITY_WORST_IMAGE"]
-
-# The numerical-parity bar of every optimisation: label maps agree with fp32 eager on at least 99.5% of the
-# pixels of a sample of test images, and on at least 98.5% of any single image of it (near-tied pixels flip
-# on a hard image; below this a user would see the difference).
-PARITY_OVERALL = 0.995
-PARITY_WORST_IMAGE = 0.985
+__all__ = ["find_conv_bn_pairs", "fold_conv_bn", "optimize_for_inference"]
 
 
 @torch.no_grad()
@@ -121,19 +116,3 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, *, fold: boo
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, info
-
-
-def label_agreement(model: nn.Module, images, precision: str = "bf16", device: str = "cpu") -> list[float]:
-    """Per image (paths or PIL images), the share of pixels where the app's fast path (folded BN,
-    channels_last, ``precision``; ``"auto"`` honours a manifest's pinned fp32) gives the label of the
-    fp32 eager model: the numerical-parity measure of scripts/check_bf16_parity.py and tests/test_optimize.py."""
-    from .predictor import Predictor
-
-    ref = Predictor(model, device, precision="fp32", optimize=False)
-    fast = Predictor(model, device, precision=precision, optimize=True)
-    return [float((ref.predict(im).labels == fast.predict(im).labels).mean()) for im in images]
-
-
-def parity_holds(agreement: list[float]) -> bool:
-    """Whether per-image label agreements (:func:`label_agreement`, images of one size) meet the parity bar."""
-    return bool(agreement) and sum(agreement) / len(agreement) >= PARITY_OVERALL and min(agreement) >= PARITY_WORST_IMAGE
