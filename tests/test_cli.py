@@ -89,3 +89,13 @@ def test_main_in_process(capsys):
     assert capsys.readouterr().out.startswith("tiramisu")
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_every_command_handler_resolves():
+    """Handlers are named as "module:function" strings (imported only when their command runs): each must exist."""
+    from workbench.cli import _resolve, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        func = sub.get_default("func")
+        assert callable(_resolve(func) if isinstance(func, str) else func), name

@@ -1,0 +1,201 @@
+"""What the ``workbench`` commands without a home of their own do: list, info, export, eval, weights,
+hub-push and hub-pull (each ``cmd_x(args) -> exit code``, printing for a terminal).
+
+The command line itself (:mod:`workbench.cli`) parses the arguments and imports this module only when
+one of these commands runs; the other commands' entry points live beside their code
+(``tools/bench.py``, ``tools/loadtest.py``, ``data/bench.py``, ``data/fetch.py``, ``training/trainer.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+from .data.datasets import build_dataset
+from .data.weighting import SEGNET_CAMVID_WEIGHTS, class_pixel_stats, inverse_frequency_weights, median_frequency_weights
+from .evaluation.evaluate import EvaluationError, evaluate_checkpoint
+from .evaluation.manifests import STANDARD_PROTOCOL, collect_checkpoints, protocol_deviations, update_manifest
+from .evaluation.report import format_leaderboard, write_results
+from .io.checkpoint import CheckpointError, export_checkpoint, load_checkpoint
+from .io.hub import download_from_hub, push_to_hub, save_local_copy
+from .io.onnx import export_onnx
+from .models.anatomy import count_flops, count_parameters, stage_shapes
+from .models.registry import create_model, get_architecture, list_architectures, plugin_errors
+
+__all__ = ["cmd_list", "cmd_info", "cmd_export", "cmd_eval", "cmd_weights", "cmd_hub_push", "cmd_hub_pull"]
+
+
+def cmd_list(args) -> int:
+    """``workbench list [PATTERN]``: the registered architectures, then plugins that failed to load (exit 1 with --strict)."""
+    for name in list_architectures(args.pattern):
+        info = get_architecture(name)
+        print(f"{name:16s} {info.title:40s} encoder={info.default_encoder} upsample={info.default_upsample}")
+    errors = plugin_errors()
+    if errors:
+        print(f"\n{len(errors)} plugin(s) failed to load:", file=sys.stderr)
+        for where, err in errors.items():
+            print(f"  {where}: {err}", file=sys.stderr)
+    return 1 if errors and args.strict else 0
+
+
+def cmd_info(args) -> int:
+    """``workbench info NAME``: the paper, parameters, FLOPs and every stage's feature-map size."""
+    info = get_architecture(args.name)
+    model = create_model(args.name, num_classes=args.num_classes)
+    print(f"{info.title} ({info.name})\n{info.paper}\n\n{info.explanation}\n")
+    print(f"parameters: {count_parameters(model):,}")
+    print(f"GFLOPs at {args.size[0]}x{args.size[1]}: {count_flops(model, tuple(args.size)) / 1e9:.2f}")
+    print(f"options: {', '.join(info.options) or '-'}\n")
+    print(f"{'stage':28s} {'channels':>8s} {'H x W':>12s} {'1/x':>6s}")
+    for s in stage_shapes(model, tuple(args.size)):
+        print(f"{s.name:28s} {s.channels:8d} {f'{s.height}x{s.width}':>12s} {s.reduction:6g}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """``workbench export SRC DST``: a verified copy (fp16 weights by default, manifest fields set), or ``--onnx``."""
+    if args.onnx:
+        if args.set or args.default:
+            raise ValueError("--set and --default describe a workbench checkpoint; they do not apply to --onnx")
+        res = export_onnx(args.src, args.dst, check=not args.no_check)
+        print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB, opset {res['opset']}; input 'image' (B, C, H, W) 0..255, output 'logits', any H, W >= 32)")
+        for row in res["checks"]:
+            h, w = row["size"]
+            print(f"  ONNX Runtime vs PyTorch at {h}x{w}: labels agree on {100 * row['label_agreement']:.3f}% of pixels, max |logit diff| {row['max_abs_logit_diff']:.2e}")
+        return 0
+    extra = {"default": True} if args.default else {}
+    extra.update(dict(args.set or []))
+    fixed = sorted(set(extra) & {"architecture", "kwargs", "weights", "format", "format_version", "software", "created_utc"})
+    if fixed:
+        raise ValueError(f"--set cannot change {', '.join(fixed)}: they describe the weights themselves")
+    dtype = {"float16": torch.float16, "float32": None, "bfloat16": torch.bfloat16}[args.dtype]
+    path = export_checkpoint(args.src, args.dst, dtype=dtype, extra=extra)
+    print(f"wrote {path} and {path.with_suffix('.safetensors').name}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """``workbench eval CHECKPOINT ...``: metrics JSON, leaderboard and confusion plots per split; 2 if any failed."""
+    if args.update_manifests:  # refused before any work, not after minutes of evaluation
+        extra = protocol_deviations({"flip": args.flip, "scales": args.scales, "limit": args.limit})
+        if extra:
+            print(
+                f"error: --update-manifests records the standard protocol ({STANDARD_PROTOCOL}); "
+                f"drop {' '.join('--' + k for k in extra)} or evaluate without --update-manifests",
+                file=sys.stderr,
+            )
+            return 2
+    checkpoints, warnings = collect_checkpoints(args.checkpoints)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not checkpoints:
+        print("error: no checkpoint to evaluate (give .json manifests written by save_checkpoint)", file=sys.stderr)
+        return 2
+    results, failed = [], 0
+    for ckpt in checkpoints:
+        try:
+            results.append(
+                evaluate_checkpoint(
+                    ckpt,
+                    dataset=args.dataset,
+                    split=args.split,
+                    data_root=args.data_root,
+                    dataset_options=dict(args.dataset_option or []) or None,
+                    flip=args.flip,
+                    scales=args.scales,
+                    window=tuple(args.window) if args.window else None,
+                    stride=tuple(args.stride) if args.stride else None,
+                    limit=args.limit,
+                    device=args.device,
+                    precision=args.precision,
+                    progress=not args.quiet,
+                    cost=args.cost or args.update_manifests,
+                )
+            )
+            if args.update_manifests:
+                update_manifest(results[-1])
+        except (CheckpointError, EvaluationError, ValueError) as exc:
+            failed += 1
+            print(f"error: {ckpt}: {exc}", file=sys.stderr)
+    if results:
+        written = write_results(results, args.out)
+        for split in dict.fromkeys(r["split"] for r in results):
+            print(f"## {split}\n")
+            print(format_leaderboard([r for r in results if r["split"] == split]))
+        n_files = sum(len(v) for v in written.values())
+        print(f"wrote {n_files} files to {args.out}: " + ", ".join(p.name for p in written["leaderboard"]) + " and per checkpoint .json / .confusion.png")
+    if failed:
+        print(f"{failed} of {len(checkpoints)} checkpoint(s) could not be evaluated", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_weights(args) -> int:
+    """``workbench weights``: class pixel frequencies and median- or inverse-frequency loss weights (vs SegNet's on CamVid)."""
+    options = {"path": args.path} if args.path else {}
+    ds = build_dataset(args.dataset, args.split, data_root=args.data_root, **options)
+    pixels, image_pixels = class_pixel_stats(ds.masks(), ds.num_classes, ds.ignore_index)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.method == "median":
+            weights = median_frequency_weights(pixels, image_pixels)
+        else:
+            weights = inverse_frequency_weights(pixels)
+    share = pixels / max(int(pixels.sum()), 1)
+    freq = np.divide(pixels, image_pixels, out=np.zeros(len(pixels)), where=image_pixels > 0) if args.method == "median" else share
+    reference = SEGNET_CAMVID_WEIGHTS if ds.name == "camvid" else None
+    title = {"median": "median-frequency", "inverse": "inverse-frequency"}[args.method]
+    print(f"{ds.name}/{ds.split}: {len(ds)} label maps, {ds.num_classes} classes, {title} weights (ignore index {ds.ignore_index} excluded)")
+    header = f"{'id':>3s}  {'class':14s} {'pixels %':>9s} {'freq':>8s} {'weight':>8s}"
+    if reference:
+        header += f" {'SegNet':>8s} {'ratio':>6s}"
+    print(header)
+    for c, info in enumerate(ds.classes):
+        line = f"{c:3d}  {info['name']:14s} {100 * share[c]:9.3f} {freq[c]:8.4f} {weights[c]:8.4f}"
+        if reference:
+            line += f" {reference[c]:8.4f} {weights[c] / reference[c]:6.3f}"
+        print(line)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        out = {
+            "dataset": ds.name,
+            "split": ds.split,
+            "method": args.method,
+            "images": len(ds),
+            "classes": [c["name"] for c in ds.classes],
+            "pixels": pixels.tolist(),
+            "image_pixels": image_pixels.tolist(),
+            "frequency": [float(f) for f in freq],
+            "weights": [float(w) for w in weights],
+        }
+        if reference:
+            out["segnet_reference"] = list(reference)
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_hub_push(args) -> int:
+    """``workbench hub-push CHECKPOINT REPO_ID``: weights, manifest and model card in one Hub commit."""
+    url = push_to_hub(args.checkpoint, args.repo_id, token=args.token, private=args.private, revision=args.revision, commit_message=args.message, license=args.license)
+    print(f"pushed {args.checkpoint} to https://huggingface.co/{args.repo_id} (model.safetensors, workbench.json, README.md in one commit)\n{url}")
+    return 0
+
+
+def cmd_hub_pull(args) -> int:
+    """``workbench hub-pull REPO_ID``: download (sha256 verified) and, with ``--out``, copy into a folder."""
+    path = download_from_hub(args.repo_id, revision=args.revision, token=args.token)
+    if args.out:
+        dst = save_local_copy(path, args.out, args.name or args.repo_id.split("/")[-1])
+        print(f"wrote {dst} and {dst.with_suffix('.safetensors').name} (sha256 verified)")
+        return 0
+    _model, manifest = load_checkpoint(path)
+    print(f"{args.repo_id}: {manifest['architecture']} checkpoint, sha256 verified, cached at {path}")
+    return 0
+
