@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import workbench
+
+from ..paths import resolve_data_root
 
 __all__ = ["LoadTestConfig", "run_loadtest", "make_inputs", "rss_mb", "CLEAR_ERROR_PHRASES"]
 
@@ -91,8 +96,6 @@ def make_inputs(folder: Path, data_root: Path | None = None) -> tuple[list[Path]
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,10 +108,9 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5) -> s
     """
     import urllib.request
 
-    from ..paths import app_path
-
     env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")
-    proc = subprocess.Popen([sys.executable, str(app_path()), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    cmd = [sys.executable, "-m", "workbench", "app", "--port", str(port)]  # as `workbench app`: allocator re-exec, then the app
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -124,8 +126,6 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5) -> s
 
 def _masks(result, archs: list[str]) -> dict[str, np.ndarray]:
     """The mask images of ``archs`` from a /compare result (positions follow the registry order)."""
-    import workbench
-
     names = workbench.list_architectures()
     per_card = 5  # header, mask, overlay, errors, legend
     out = {}
@@ -137,7 +137,7 @@ def _masks(result, archs: list[str]) -> dict[str, np.ndarray]:
 
 def run_loadtest(cfg: LoadTestConfig, data_root: Path | None = None, progress: bool = True) -> dict:
     """Run the load test; returns the figures (see :func:`format_report`)."""
-    from gradio_client import Client, handle_file
+    from gradio_client import Client, handle_file  # optional: the test extra installs it
 
     proc = None
     url = cfg.url
@@ -251,8 +251,6 @@ def format_report(r: dict) -> str:
 
 
 def main(args) -> int:
-    from ..paths import resolve_data_root
-
     cfg = LoadTestConfig(clients=args.clients, requests=args.requests, invalid_fraction=args.invalid_fraction, archs=args.arch, url=args.url, memory_bound_mb=args.memory_bound)
     report = run_loadtest(cfg, resolve_data_root(args.data_root), progress=not args.quiet)
     print(format_report(report))
