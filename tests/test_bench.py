@@ -54,15 +54,14 @@ def test_request_profile_with_and_without_ground_truth(tmp_path, image_factory):
 
 def test_encode_outputs_counts_palette_masks(monkeypatch):
     """Gradio encodes the palette masks (PIL images) too: the request's encoding stage must include them."""
-    import gradio as gr
     from gradio import processing_utils
 
     saved = []
     monkeypatch.setattr(processing_utils, "save_pil_to_cache", lambda img, cache_dir, name="image", format="webp": saved.append((img.mode, format)))
     mask = Image.fromarray(np.zeros((36, 48), np.uint8), "P")
     overlay = np.zeros((36, 48, 3), np.uint8)
-    components = [gr.Image(format="png"), gr.Image(format="jpeg"), gr.Markdown()]
-    assert bench_request._encode_outputs([mask, overlay, "text"], components) >= 0
+    # as workbench.app.compare.encoded_images lists a result's pictures: (value, format); None = no picture
+    assert bench_request._encode_outputs([(mask, "png"), (overlay, "jpeg"), (None, "jpeg")]) >= 0
     assert saved == [("P", "png"), ("RGB", "jpeg")]
 
 
