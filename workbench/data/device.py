@@ -5,7 +5,7 @@ CPU, one at a time, then copied to the GPU: on a fast GPU the CPU is the bottlen
 decoded once (by the dataset classes of :mod:`workbench.data`), kept on the training device as uint8,
 and each batch is augmented on that device in a handful of batched kernels:
 
-* the same augmentations as :func:`workbench.transforms.train_transforms` with the training config:
+* the same augmentations as :func:`workbench.data.transforms.train_transforms` with the training config:
   random scale in ``scale`` (one factor per sample, same for height and width), random crop of ``crop``
   with padding where the scaled image is smaller (image 0, mask ``ignore_index``, weight 0; the image
   lands at a random place in the crop, as ``v2.RandomCrop(pad_if_needed=True)`` does), horizontal flip,
@@ -18,14 +18,14 @@ and each batch is augmented on that device in a handful of batched kernels:
   torchvision's uint8 kernels;
 * every sample of a batch gets its own scale, crop, flips and jitter factors, drawn from a
   :class:`torch.Generator` on the device seeded by (seed, rank, epoch, batch index): runs are
-  reproducible and a mid-epoch ``--resume`` (the :class:`~workbench.train.EpochSampler`'s ``skip``)
+  reproducible and a mid-epoch ``--resume`` (the :class:`~workbench.data.sampling.EpochSampler`'s ``skip``)
   continues with exactly the batches the uninterrupted run would have seen;
 * the batch order is the DataLoader pipeline's (the same ``EpochSampler`` over a
   ``DistributedSampler``), so under DDP each rank takes its usual shard;
 * nothing in a step waits for the device: indices go up once per epoch (pinned, non-blocking), the
   random draws are made on the device, shapes never depend on data.
 
-Batches are the dicts :func:`workbench.train._collate` makes (``image`` float32 (B, C, H, W),
+Batches are the dicts :func:`workbench.data.sampling.collate` makes (``image`` float32 (B, C, H, W),
 channels_last on request, ``mask`` int64 (B, H, W), ``weight`` float32 (B, H, W) with border weights,
 ``name``), already on the device, so ``Trainer.train_step`` takes them unchanged.
 
@@ -41,18 +41,17 @@ pixels replicated, so bilinear sampling at an image's border sees only that imag
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from ..classes import IGNORE_INDEX
+from .sampling import EpochSampler
 
-__all__ = ["DeviceData", "DeviceLoader", "resolve_data_on_device", "bench_data_pipeline", "format_bench_table"]
+__all__ = ["DeviceData", "DeviceLoader", "resolve_data_on_device"]
 
 # Columns of the per-sample uniform draws, one (B, 9) tensor per batch.
 _SCALE, _TOP, _LEFT, _HFLIP, _VFLIP, _BRIGHT, _CONTRAST, _SAT, _ORDER = range(9)
@@ -145,11 +144,7 @@ class DeviceData:
 # ----------------------------------------------------------------------------- the loader
 
 
-def _default_sampler(n: int, seed: int):
-    from torch.utils.data import DistributedSampler
-
-    from ..training.trainer import EpochSampler
-
+def _default_sampler(n: int, seed: int) -> EpochSampler:
     class _Len:  # DistributedSampler only asks for len()
         def __len__(self) -> int:
             return n
@@ -166,12 +161,12 @@ class DeviceLoader:
 
     Args:
         dataset: a :mod:`workbench.data` dataset without transform, or a :class:`DeviceData`.
-        sampler: the :class:`~workbench.train.EpochSampler` the DataLoader would use (its epoch, skip
+        sampler: the :class:`~workbench.data.sampling.EpochSampler` the DataLoader would use (its epoch, skip
             and shard decide which items come in which order); default: one replica, shuffled by ``seed``.
         batch_size: items per batch; an incomplete last batch is dropped (as the DataLoader does).
         device: where the data lives and the augmentation runs.
         crop: output (H, W), or None for whole images without augmentation (as ``crop=None`` trains).
-        scale, hflip, vflip, color_jitter: as in :func:`workbench.transforms.train_transforms`.
+        scale, hflip, vflip, color_jitter: as in :func:`workbench.data.transforms.train_transforms`.
         mean, std: per-channel normalisation of the [0, 1] image.
         ignore_index: mask value of padding.
         channels_last: return images in channels_last memory format.
@@ -359,145 +354,3 @@ class DeviceLoader:
                     image = image * f + gray * (1 - f)
                 image = image.clamp_(0, 255).floor_()
         return image
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def bench_data_pipeline(
-    *,
-    dataset: str = "synthetic",
-    split: str = "train",
-    data_root: str | None = None,
-    dataset_options: dict | None = None,
-    batch_size: int = 8,
-    crop: Sequence[int] = (224, 224),
-    scale: Sequence[float] = (0.5, 2.0),
-    hflip: bool = True,
-    vflip: bool = False,
-    color_jitter: float = 0.2,
-    workers: int = 2,
-    device: str = "auto",
-    batches: int = 20,
-    warmup: int = 2,
-    channels_last: bool = True,
-    seed: int = 0,
-) -> dict:
-    """Batches per second of the DataLoader pipeline and of the device loader, without a model.
-
-    Both produce the same training batches (same crop, scale, flips, jitter, normalisation) on
-    ``device``; the DataLoader's batches are copied there as ``Trainer.train_step`` does. Times cover
-    ``batches`` batches after ``warmup``; on CUDA the device is synchronised before the clock stops.
-    ``setup_s`` is the time to the first batch: decoding is shared (the dataset's cache is filled
-    first), so it is starting the workers for the DataLoader and stacking + copying the split for the
-    device loader.
-
-    Returns ``{"machine", "device", "config", "rows": [{"pipeline", "setup_s", "batches",
-    "batches_per_s", "images_per_s"}, ...]}``; the last row has ``speedup`` over the first.
-    """
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from ..tools.bench import machine_description
-    from ..classes import default_normalization
-    from .datasets import build_dataset
-    from ..training.trainer import EpochSampler, SeededView, _collate
-    from .transforms import train_transforms
-
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    crop = (int(crop[0]), int(crop[1]))
-    opts = dict(dataset_options or {})
-    opts.setdefault("cache", True)
-    ds = build_dataset(dataset, split, data_root=data_root, **opts)
-    ds.validate()  # decodes everything once, into the cache both pipelines read
-    norm = default_normalization(ds.in_chans)
-    if len(ds) < batch_size:
-        raise ValueError(f"{dataset}/{split} has {len(ds)} images, fewer than one batch of {batch_size}")
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def timed(batch_iter, t_start: float, label: str) -> dict:
-        next(batch_iter)  # workers start / the split is stacked and copied: setup ends with the first batch
-        sync()
-        setup_s = time.perf_counter() - t_start
-        for _ in range(warmup):
-            next(batch_iter)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            next(batch_iter)
-        sync()
-        dt = time.perf_counter() - t0
-        return {"pipeline": label, "setup_s": round(setup_s, 3), "batches": batches, "batches_per_s": round(batches / dt, 2), "images_per_s": round(batches * batch_size / dt, 1)}
-
-    def forever(loader, sampler):
-        epoch = 0
-        while True:
-            sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
-    rows = []
-    # (a) the DataLoader pipeline, as Trainer builds it, batches copied to the device
-    t0 = time.perf_counter()
-    tf = train_transforms(crop, scale=tuple(scale), hflip=hflip, vflip=vflip, color_jitter=color_jitter, mean=norm["mean"], std=norm["std"], ignore_index=IGNORE_INDEX)
-    view = SeededView(ds, tf, seed)
-    sampler = EpochSampler(DistributedSampler(view, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True))
-    loader = DataLoader(view, batch_size=batch_size, sampler=sampler, num_workers=max(0, workers), collate_fn=_collate, drop_last=True,
-                        persistent_workers=workers > 0, pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(seed))
-
-    def to_device(it):
-        for b in it:
-            x = b["image"].to(dev, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, b["mask"].to(dev, non_blocking=True)
-
-    it = to_device(forever(loader, sampler))
-    rows.append(timed(it, t0, f"DataLoader ({workers} worker{'' if workers == 1 else 's'})"))
-    del it, loader
-    # (b) the device loader
-    t0 = time.perf_counter()
-    dsampler = EpochSampler(DistributedSampler(view, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True))
-    dloader = DeviceLoader(ds, sampler=dsampler, batch_size=batch_size, device=dev, crop=crop, scale=scale, hflip=hflip, vflip=vflip,
-                           color_jitter=color_jitter, mean=norm["mean"], std=norm["std"], channels_last=channels_last, seed=seed)
-    rows.append(timed(forever(dloader, dsampler), t0, f"device loader ({dev.type})"))
-    rows[-1]["speedup"] = round(rows[-1]["batches_per_s"] / rows[0]["batches_per_s"], 2)
-    config = {"dataset": dataset, "split": split, "images": len(ds), "image_size": list(ds[0]["image"].shape[-2:]), "batch_size": batch_size,
-              "crop": list(crop), "scale": list(scale), "hflip": hflip, "vflip": vflip, "color_jitter": color_jitter, "workers": workers,
-              "torch_threads": torch.get_num_threads()}
-    return {"machine": machine_description(), "device": str(dev), "config": config, "rows": rows}
-
-
-def format_bench_table(result: dict) -> str:
-    """A Markdown table of :func:`bench_data_pipeline`'s result."""
-    c = result["config"]
-    lines = [
-        f"Data pipeline, {c['dataset']}/{c['split']} ({c['images']} images, {c['image_size'][0]}x{c['image_size'][1]}), batch {c['batch_size']}, "
-        f"crop {c['crop'][0]}x{c['crop'][1]}, scale {c['scale'][0]}-{c['scale'][1]}, device {result['device']}, no model",
-        "",
-        "| pipeline | setup s | batches/s | images/s | speed-up |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["rows"]:
-        lines.append(f"| {r['pipeline']} | {r['setup_s']:.2f} | {r['batches_per_s']:.2f} | {r['images_per_s']:.1f} | {r.get('speedup', 1.0):.2f}x |")
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    """``workbench bench-data``."""
-    result = bench_data_pipeline(
-        dataset=args.dataset, split=args.split, data_root=args.data_root, dataset_options=args.dataset_options, batch_size=args.batch_size,
-        crop=args.crop, scale=args.scale, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, workers=args.workers,
-        device=args.device, batches=args.batches, warmup=args.warmup, seed=args.seed,
-    )
-    print(format_bench_table(result))
-    if args.out:
-        from pathlib import Path
-
-        from ..io.checkpoint import atomic_write_bytes
-
-        atomic_write_bytes(Path(args.out), (json.dumps(result, indent=2) + "\n").encode())
-        print(f"\nwrote {args.out}")
-    return 0

@@ -1,7 +1,7 @@
 """Training and evaluation transforms on sample dicts, built from ``torchvision.transforms.v2``.
 
 A sample is ``{"image": tv_tensors.Image uint8 (C, H, W), "mask": tv_tensors.Mask int64 (H, W),
-"name": str}`` plus ``"weight"`` (a :class:`~workbench.weighting.WeightMap`, float32 (H, W)) when the
+"name": str}`` plus ``"weight"`` (a :class:`~workbench.data.weighting.WeightMap`, float32 (H, W)) when the
 dataset computes border weights. v2 transforms apply the same random geometry to every tv_tensor
 in the dict and pass other keys through; masks and weight maps are resized with nearest
 interpolation and left alone by colour transforms.
