@@ -15,16 +15,9 @@ import torch
 import workbench
 from workbench.classes import IGNORE_INDEX, default_normalization
 from workbench.data.datasets import build_dataset
-from workbench.evaluation.evaluate import (
-    EvaluationError,
-    check_scales,
-    confusion_from_entries,
-    evaluate_checkpoint,
-    format_leaderboard,
-    predict_probs,
-    sliding_window_starts,
-    write_results,
-)
+from workbench.evaluation.evaluate import EvaluationError, confusion_from_entries, evaluate_checkpoint
+from workbench.evaluation.report import format_leaderboard, write_results
+from workbench.evaluation.tta import check_scales, predict_probs, sliding_window_starts
 from workbench.paths import resolve_data_root
 from workbench.data.transforms import eval_transforms
 
@@ -269,7 +262,7 @@ def test_multi_scale_through_evaluate(tmp_path):
     assert res["metrics"]["confusion"] != one["metrics"]["confusion"]
     assert "scales 0.75 1.25" in format_leaderboard([res])
     # a manifest only takes the standard protocol's metrics
-    from workbench.evaluation.evaluate import update_manifest
+    from workbench.evaluation.manifests import update_manifest
 
     before = ckpt.read_bytes()
     with pytest.raises(EvaluationError, match="standard protocol.*scales"):

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from scipy import ndimage
 
 from ..classes import IGNORE_INDEX
 
@@ -126,8 +128,6 @@ class ConfusionMatrix:
         With the NCCL backend a CPU matrix is reduced via the current CUDA device
         and copied back.
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return self
         m = self.matrix
@@ -252,8 +252,6 @@ def rand_scores(pred, target, foreground: int = 1, *, ignore_index: int | None =
         ``{"precision", "recall", "f_score", "error", "n_pixels"}``; the scores are
         ``nan`` when the ground truth has no foreground pixel.
     """
-    from scipy import ndimage
-
     p, t, valid = _binary_inputs(pred, target, ignore_index)
     if p.ndim != 2:
         raise ValueError(f"rand_scores expects 2D label maps, got shape {p.shape}")
