@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import workbench
+import workbench.app as app
+from workbench.app import architectures as architectures_tab
+from workbench.app import common, leaderboard, segment, task
+from workbench.app import weights as weights_tab
+from workbench.app import compare as cmp
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-app = pytest.importorskip("app")
-gr = pytest.importorskip("gradio")
-
-CARD_FIELDS = app.CARD_FIELDS  # per architecture: column visibility, header, mask, overlay, error map, legend
+FIELDS = [f.name for f in cmp.CARD_FIELDS]  # a card's fields, in the /compare API's order
 
 
 @pytest.fixture(scope="module")
@@ -34,59 +40,81 @@ def street(tmp_path_factory) -> str:
     return str(path)
 
 
-def _cards(outputs):
-    n = len(app.ARCHITECTURES)
-    cards = outputs[: n * CARD_FIELDS]
-    return {name: cards[i * CARD_FIELDS : (i + 1) * CARD_FIELDS] for i, name in enumerate(app.ARCHITECTURES)}
+@pytest.fixture(scope="module")
+def demo():
+    return app.build_app()
 
 
-def test_every_registered_architecture_has_a_card_slot():
-    assert app.ARCHITECTURES == __import__("workbench").list_architectures()
-    assert len(app.card_outputs) == CARD_FIELDS * len(app.ARCHITECTURES)
+def test_every_registered_architecture_has_a_card(demo):
+    names = workbench.list_architectures()
+    cards = [b for b in demo.blocks.values() if isinstance(b, gr.Column) and "wb-card" in (b.elem_classes or [])]
+    assert sorted(c.elem_id for c in cards) == sorted(f"wb-card-{n}" for n in names)
+    (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
+    assert len(dep["outputs"]) == (1 + len(FIELDS)) * len(names) + 4  # per card: column + fields; disagreement, text, ground truth, state
+    (restyle,) = [d for d in demo.config["dependencies"] if d["targets"] and d["targets"][0][1] == "release"]
+    assert len(restyle["outputs"]) == (1 + len(FIELDS)) * len(names)
 
 
 def test_compare_renders_selected_cards_and_disagreement(street):
     archs = ["fcn8s", "unet", "naive"]
-    out = app.compare(street, archs, 0.5)
-    cards = _cards(out)
-    for name, (vis, header, mask, over, err, legend) in cards.items():
+    out = cmp.compare(street, archs, 0.5)
+    assert set(out.cards) == set(workbench.list_architectures())
+    for name, card in out.cards.items():
+        assert set(card) == {"visible", *FIELDS}
         if name in archs:
-            assert vis["visible"] is True
-            assert "latency" in header and "parameters" in header
-            assert "untrained" in header or "trained" in header
+            assert card["visible"] is True
+            assert "latency" in card["header"] and "parameters" in card["header"]
+            assert "untrained" in card["header"] or "trained" in card["header"]
+            mask = card["mask"]
             assert mask.mode == "P" and np.asarray(mask.convert("RGB")).shape == (96, 128, 3)  # palette PNG: one byte a pixel
-            assert over.shape == (96, 128, 3)
-            assert "wb-legend" in legend
-            assert err["visible"] is False  # no ground truth for a user's own image
+            assert card["overlay"].shape == (96, 128, 3)
+            assert "wb-legend" in card["legend"]
+            assert card["errors"]["visible"] is False  # no ground truth for a user's own image
         else:
-            assert vis["visible"] is False
-    dis_img, dis_text, gt, state = out[-4], out[-3], out[-2], out[-1]
-    assert gt["visible"] is False
-    assert dis_img.shape == (96, 128, 3)
-    assert "3 models agree on" in dis_text
-    assert set(state["results"]) == set(archs)
+            assert card["visible"] is False
+    assert out.ground_truth["visible"] is False
+    assert out.disagreement.shape == (96, 128, 3)
+    assert "3 models agree on" in out.agreement
+    assert set(out.state["results"]) == set(archs)
+
+
+def test_the_tab_maps_every_card_field_to_its_component(demo, street):
+    """The handler's keyed result becomes {component: value}: each value lands in its own architecture's card."""
+    (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
+    fn = demo.fns[dep["id"]].fn
+    updates = fn(street, ["fcn8s", "naive"], 0.5, progress=lambda *a, **k: None)
+    assert {c._id for c in updates} == set(dep["outputs"])
+    tab = fn.__self__
+    for name in ("fcn8s", "naive"):
+        assert updates[tab.cards[name]]["visible"] is True
+        assert f"<code>{name}</code>" in updates[tab.fields[name]["header"]]
+        assert updates[tab.fields[name]["mask"]].mode == "P"
+    assert updates[tab.cards["unet"]]["visible"] is False
+    assert "2 models agree on" in updates[tab.agreement]
+    assert set(updates[tab.state]["results"]) == {"fcn8s", "naive"}
+    restyled = tab.restyle(updates[tab.state], 1.0)
+    assert set(restyled) == set(tab.card_outputs)
 
 
 def test_untrained_models_are_labelled_untrained(street):
-    out = app.compare(street, ["naive"], 0.5)
-    header = _cards(out)["naive"][1]
-    entry = app.zoo().entries["naive"]
+    out = cmp.compare(street, ["naive"], 0.5)
+    header = out.cards["naive"]["header"]
+    entry = common.zoo().entries["naive"]
     assert ("untrained" in header) == (not entry.trained)
 
 
 def test_opacity_restyle_reuses_cached_labels(street):
-    out = app.compare(street, ["fcn8s"], 0.0)
-    state = out[-1]
-    over0 = _cards(out)["fcn8s"][3]
+    out = cmp.compare(street, ["fcn8s"], 0.0)
+    state = out.state
+    over0 = out.cards["fcn8s"]["overlay"]
     img = np.asarray(Image.open(street).convert("RGB"))
     assert np.array_equal(over0, img)  # opacity 0: the image itself
-    restyled = app.restyle(state, 1.0)
-    _, _, mask, over1, _, _ = _cards(restyled)["fcn8s"]
-    assert np.array_equal(over1, np.asarray(mask.convert("RGB")))  # opacity 1: the mask itself
+    restyled = cmp.restyle(state, 1.0)["fcn8s"]
+    assert np.array_equal(restyled["overlay"], np.asarray(restyled["mask"].convert("RGB")))  # opacity 1: the mask itself
 
 
 def test_a_failing_model_shows_its_error_and_the_others_render(street, monkeypatch):
-    zoo = app.zoo()
+    zoo = common.zoo()
     original = zoo.predict
 
     def flaky(name, image, **kw):
@@ -95,9 +123,9 @@ def test_a_failing_model_shows_its_error_and_the_others_render(street, monkeypat
         return original(name, image, **kw)
 
     monkeypatch.setattr(zoo, "predict", flaky)
-    cards = _cards(app.compare(street, ["unet", "fcn8s"], 0.5))
-    assert "boom in forward" in cards["unet"][1] and cards["unet"][2] is None
-    assert cards["fcn8s"][2] is not None and "latency" in cards["fcn8s"][1]
+    cards = cmp.compare(street, ["unet", "fcn8s"], 0.5).cards
+    assert "boom in forward" in cards["unet"]["header"] and cards["unet"]["mask"] is None
+    assert cards["fcn8s"]["mask"] is not None and "latency" in cards["fcn8s"]["header"]
 
 
 @pytest.mark.parametrize("bad", [None, "empty", "text"])
@@ -110,17 +138,17 @@ def test_bad_images_raise_a_clear_gradio_error(bad, tmp_path):
         path = tmp_path / "notes.png"
         path.write_text("this is not an image")
     with pytest.raises(gr.Error) as err:
-        app.compare(str(path) if path else None, ["fcn8s"], 0.5)
+        cmp.compare(str(path) if path else None, ["fcn8s"], 0.5)
     assert str(err.value.message)
 
 
 def test_no_architecture_selected_is_an_error(street):
     with pytest.raises(gr.Error, match="Select at least one"):
-        app.compare(street, [], 0.5)
+        cmp.compare(street, [], 0.5)
 
 
 def test_task_representation_shows_one_map_per_class(street):
-    gallery, mask, over, legend, note = app.task_representation(street, "fcn8s", 0.5)
+    gallery, mask, over, legend, note = task.task_representation(street, "fcn8s", 0.5)
     assert len(gallery) == 11
     assert all(img.shape[2] == 3 for img, _ in gallery)
     assert mask.shape == (96, 128, 3) and over.shape == (96, 128, 3)
@@ -129,7 +157,7 @@ def test_task_representation_shows_one_map_per_class(street):
 
 @pytest.mark.parametrize("arch", ["unet", "tiramisu", "dilated", "naive"])
 def test_architecture_anatomy(arch):
-    text, rows = app.describe_architecture(arch, 64, 96)
+    text, rows = architectures_tab.describe_architecture(arch, 64, 96)
     assert "parameters" in text and "GFLOPs" in text
     assert rows and all(len(r) == 4 for r in rows)
     assert rows[-1][2] == "64 x 96"  # the last stage is at the (padded-to-divisor, here exact) input size
@@ -137,11 +165,11 @@ def test_architecture_anatomy(arch):
 
 def test_example_images_come_from_the_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path))
-    assert app.example_images() == [app.synthetic_example()]  # no CamVid: the built-in synthetic example
+    assert common.example_images() == [common.synthetic_example()]  # no CamVid: the built-in synthetic example
     (tmp_path / "camvid" / "test").mkdir(parents=True)
     for i in range(6):
         Image.new("RGB", (48, 36)).save(tmp_path / "camvid" / "test" / f"{i}.png")
-    ex = app.example_images(3)
+    ex = common.example_images(3)
     assert len(ex) == 3 and all(Path(p).is_file() for p in ex)
 
 
@@ -152,29 +180,28 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_served_app_answers_gradio_client(street):
+def test_served_app_answers_gradio_client(demo, street):
     from gradio_client import Client, handle_file
 
     port = _free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         result = client.predict(handle_file(street), ["fcn8s", "unet"], 0.5, api_name="/compare")
-        n = len(app.ARCHITECTURES)
-        per_card = CARD_FIELDS - 1  # the column's visibility is not an API output
-        assert len(result) == per_card * n + 3  # header, mask, overlay, errors, legend per slot; disagreement image and text; ground truth
-        names = app.ARCHITECTURES
+        names = workbench.list_architectures()
+        per_card = len(FIELDS)  # the column's visibility is not an API output
+        assert per_card == 5 and len(result) == per_card * len(names) + 3  # header, mask, overlay, errors, legend per slot; disagreement image and text; ground truth
         for i, name in enumerate(names):
-            header, mask, over, _, _ = result[per_card * i : per_card * i + per_card]
+            card = dict(zip(FIELDS, result[per_card * i : per_card * i + per_card]))
             if name in ("fcn8s", "unet"):
-                assert "latency" in header
-                assert Image.open(mask).size == (128, 96)
-                assert Image.open(over).size == (128, 96)
+                assert "latency" in card["header"]
+                assert Image.open(card["mask"]).size == (128, 96)
+                assert Image.open(card["overlay"]).size == (128, 96)
         assert "2 models agree on" in result[-2]
         text, table = client.predict("unet", 64, 64, api_name="/describe_architecture")
         assert "U-Net" in text
     finally:
-        app.demo.close()
+        demo.close()
 
 
 DATA = __import__("workbench.paths", fromlist=["resolve_data_root"]).resolve_data_root()
@@ -184,14 +211,14 @@ DATA = __import__("workbench.paths", fromlist=["resolve_data_root"]).resolve_dat
 def test_camvid_example_gets_ground_truth_error_maps_and_scores(tmp_path):
     if not (DATA / "camvid" / "test").is_dir():
         pytest.skip(f"CamVid not found under {DATA}: set WORKBENCH_DATA_ROOT")
-    path = app.example_images(1)[0]
-    out = app.compare(path, ["fcn8s", "naive"], 0.5)
-    cards = _cards(out)
+    path = common.example_images(1)[0]
+    out = cmp.compare(path, ["fcn8s", "naive"], 0.5)
+    cards = out.cards
     for name in ("fcn8s", "naive"):
-        vis, header, mask, over, err, legend = cards[name]
+        err, mask = cards[name]["errors"], cards[name]["mask"]
         assert err["visible"] is True and err["value"].shape == (360, 480, 3) and mask.size == (480, 360)
-        assert "on this image: mIoU" in header
-    gt = out[-2]
+        assert "on this image: mIoU" in cards[name]["header"]
+    gt = out.ground_truth
     assert gt["visible"] is True and gt["value"].size == (480, 360)
     gt_rgb = np.asarray(gt["value"].convert("RGB"))
     labels = np.asarray(Image.open(DATA / "camvid" / "testannot" / Path(path).name))
@@ -201,7 +228,7 @@ def test_camvid_example_gets_ground_truth_error_maps_and_scores(tmp_path):
     # the per-image scores in the card headers are the ConfusionMatrix's on the same labels (void ignored)
     from workbench.evaluation.metrics import ConfusionMatrix
 
-    image, results, truth = app.segment_all(path, ["fcn8s", "naive"])
+    image, results, truth = segment.segment_all(path, ["fcn8s", "naive"])
     assert (truth == 255).any()  # the image has void pixels: they must not count
     for name in ("fcn8s", "naive"):
         cm = ConfusionMatrix(11)
@@ -212,25 +239,25 @@ def test_camvid_example_gets_ground_truth_error_maps_and_scores(tmp_path):
     # what Gradio writes (fast zlib level) decodes to the same picture
     from gradio import processing_utils
 
-    for shown in (gt["value"], cards["fcn8s"][2]):
+    for shown in (gt["value"], cards["fcn8s"]["mask"]):
         assert shown.encoderinfo == {"compress_level": 1}
         written = processing_utils.save_pil_to_cache(shown, str(tmp_path), format="png")
         np.testing.assert_array_equal(np.asarray(Image.open(written).convert("RGB")), np.asarray(shown.convert("RGB")))
 
 
 def test_leaderboard_always_shows_the_published_anchors_marked_as_such():
-    table, bars, scatter, text = app.leaderboard_view()
+    table, bars, scatter, text = leaderboard.leaderboard_view()
     published = [row for row in table if "(published)" in row[0]]
     assert [row[1] for row in published] == ["66.9", "65.3", "58.9", "57.0"]
     assert all("reference row" in row[-1] for row in published)
     trained = [row for row in table if "(published)" not in row[0]]
-    shipped = [e for e in app.zoo().entries.values() if e.trained and (e.manifest.get("metrics") or {}).get("test")]
+    shipped = [e for e in common.zoo().entries.values() if e.trained and (e.manifest.get("metrics") or {}).get("test")]
     assert len(trained) == len(shipped)
     assert bars is not None and scatter is not None
 
 
 def test_class_weights_tab():
-    fig, rows, text = app.class_weights_view()
+    fig, rows, text = weights_tab.class_weights_view()
     assert len(rows) == 11 and rows[0][0] == "Sky"
     assert float(rows[2][1]) > 10 * float(rows[3][1])  # Pole weighs far more than Road
     assert "median" in text.lower()
@@ -240,24 +267,24 @@ def test_class_weights_tab():
 def test_isbi_tab_shows_border_weights_for_a_held_out_slice():
     if not (DATA / "isbi2012-membrane").is_dir():
         pytest.skip(f"ISBI 2012 not found under {DATA}: set WORKBENCH_DATA_ROOT")
-    out = app.isbi_view(25)
+    out = weights_tab.isbi_view(25)
     image, gt, weights = out[:3]
     assert image.shape == (512, 512) and gt.shape == (512, 512, 3) and weights.shape == (512, 512, 3)
     assert "Slice 25" in out[-1]
     with pytest.raises(gr.Error, match="held-out"):
-        app.isbi_view(3)
+        weights_tab.isbi_view(3)
 
 
 def test_gpu_branch_queues_all_models_and_renders_the_same(street, monkeypatch):
     """The CUDA branch of segment_all (predict_many, forwards back to back), exercised on CPU predictors."""
     import torch
 
-    normal = app.segment_all(street, ["fcn8s", "unet"])[1]
-    monkeypatch.setattr(app, "resolve_device", lambda device: torch.device("cuda"))
+    normal = segment.segment_all(street, ["fcn8s", "unet"])[1]
+    monkeypatch.setattr(segment, "resolve_device", lambda device: torch.device("cuda"))
     calls = []
     real = __import__("workbench.inference.predictor", fromlist=["predict_many"]).predict_many
     monkeypatch.setattr("workbench.inference.predictor.predict_many", lambda preds, image, shared=None: calls.append(len(preds)) or real(preds, image, shared))
-    queued = app.segment_all(street, ["fcn8s", "unet"])[1]
+    queued = segment.segment_all(street, ["fcn8s", "unet"])[1]
     assert calls == [2]
     for name in ("fcn8s", "unet"):
         assert np.array_equal(normal[name]["labels"], queued[name]["labels"])
@@ -266,9 +293,95 @@ def test_gpu_branch_queues_all_models_and_renders_the_same(street, monkeypatch):
 def test_default_selection_prefers_trained_classic_architectures(monkeypatch):
     from pathlib import Path as P
 
+    monkeypatch.setattr(common, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json"), "fcn8s": P("f.json"), "smp_unet": P("s.json")}, {}))
+    assert common.default_selection() == ["fcn8s", "unet"]  # classic and trained, in the classic order
+    monkeypatch.setattr(common, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json")}, {}))
+    assert common.default_selection() == ["fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated"]
+
+
+IMPORT_PROBE = textwrap.dedent(
+    """
+    import ctypes, hashlib, importlib, json, pkgutil, runpy, sys, threading
+    import gradio, torch  # their own import-time threads, if any, are not the app's
+    from gradio import processing_utils as pu
     import workbench.inference.zoo as wz
 
-    monkeypatch.setattr(wz, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json"), "fcn8s": P("f.json"), "smp_unet": P("s.json")}, {}))
-    assert app.default_selection() == ["fcn8s", "unet"]  # classic and trained, in the classic order
-    monkeypatch.setattr(wz, "discover_checkpoints", lambda *a, **k: ({"unet": P("u.json")}, {}))
-    assert app.default_selection() == ["fcn32s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated"]
+    seen = {"discover": 0, "zoo": 0, "mallopt": 0, "sha256": 0}
+    real_discover, real_zoo_init, real_cdll, real_sha = wz.discover_checkpoints, wz.Zoo.__init__, ctypes.CDLL, hashlib.sha256
+
+    def discover(*a, **k):
+        seen["discover"] += 1
+        return real_discover(*a, **k)
+
+    def zoo_init(self, *a, **k):
+        seen["zoo"] += 1
+        real_zoo_init(self, *a, **k)
+
+    def cdll(name, *a, **k):
+        seen["mallopt"] += "libc" in str(name)
+        return real_cdll(name, *a, **k)
+
+    def sha256(*a, **k):
+        seen["sha256"] += 1
+        return real_sha(*a, **k)
+
+    wz.discover_checkpoints, wz.Zoo.__init__, ctypes.CDLL, hashlib.sha256 = discover, zoo_init, cdll, sha256
+    threads = {t.ident for t in threading.enumerate()}
+
+    import workbench.app
+    modules = [m.name for m in pkgutil.iter_modules(workbench.app.__path__)]
+    for name in modules:
+        importlib.import_module(f"workbench.app.{name}")
+    runpy.run_path("app.py", run_name="app")  # the Space's file, imported rather than run
+    from workbench.models import registry
+
+    def state():
+        return {
+            **seen,
+            "plugins_loaded": registry._LOADED,
+            "new_threads": len({t.ident for t in threading.enumerate()} - threads),
+            "gradio_patched": bool(getattr(pu.save_pil_to_cache, "workbench_atomic", False)),
+            "examples": len(workbench.app.segment._EXAMPLE_DIGESTS),
+        }
+
+    after_import = state()
+    workbench.app.build_app()
+    workbench.app.patches.limit_malloc_arenas()
+    print(json.dumps({"modules": modules, "import": after_import, "build": state()}))
+    """
+)
+
+
+def test_importing_the_app_does_no_work():
+    """Importing workbench.app (every module) and the root app.py: no registry or checkpoint scan, no zoo, no
+    mallopt, no Gradio patch, no thread, no example hashing. build_app() does the work (the probe sees it)."""
+    res = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"common", "compare", "layout", "server", "patches", "segment"} <= set(out["modules"])
+    assert out["import"] == {"discover": 0, "zoo": 0, "mallopt": 0, "sha256": 0, "plugins_loaded": False, "new_threads": 0, "gradio_patched": False, "examples": 0}
+    built = out["build"]
+    assert built["discover"] > 0 and built["plugins_loaded"] and built["gradio_patched"] and built["examples"] > 0 and built["sha256"] > 0
+    assert built["mallopt"] == 1  # the probe's own call: the detector works
+
+
+def test_the_cli_app_command_serves_workbench_app(monkeypatch):
+    from workbench import cli
+
+    calls = []
+    monkeypatch.setattr(app, "main", lambda argv=None: calls.append(argv))
+    assert cli.main(["app", "--port", "7999"]) == 0
+    assert calls == [["--port", "7999"]]
+
+
+def test_launch_serves_with_the_app_settings(monkeypatch):
+    from workbench.app import server as launch_module
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    monkeypatch.setenv("WORKBENCH_MAX_UPLOAD", "3mb")
+    monkeypatch.setenv("WORKBENCH_WARM_EXAMPLES", "0")
+    demo = launch_module.launch("127.0.0.1", 7998)
+    assert seen["server_port"] == 7998 and seen["max_file_size"] == "3mb" and seen["css"] == app.theme.CSS
+    assert seen["state_session_capacity"] == launch_module.MAX_SESSIONS
+    assert demo._queue.max_size == app.layout.queue_size()

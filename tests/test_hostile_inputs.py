@@ -14,17 +14,15 @@ import sys
 import zlib
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
 
+import workbench
+from workbench.app import common, compare
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-gr = pytest.importorskip("gradio")
-app = pytest.importorskip("app")
-
-import workbench  # noqa: E402
 
 
 def _street(w=160, h=120, mode="RGB"):
@@ -105,12 +103,11 @@ VALID = ["rgb_png", "rgba_png", "palette", "palette_transparency", "one_bit", "g
 @pytest.mark.parametrize("kind", VALID)
 def test_valid_inputs_segment_at_the_displayed_size(kind, tmp_path):
     path, (w, h) = make_valid(kind, tmp_path)
-    out = app.compare(str(path), ["fcn8s"], 0.5)
-    state = out[-1]
-    labels = state["results"]["fcn8s"]["labels"]
-    scale = min(1.0, app.DISPLAY_MAX_SIDE / max(w, h))  # what the browser gets is at most DISPLAY_MAX_SIDE a side
+    out = compare.compare(str(path), ["fcn8s"], 0.5)
+    labels = out.state["results"]["fcn8s"]["labels"]
+    scale = min(1.0, compare.DISPLAY_MAX_SIDE / max(w, h))  # what the browser gets is at most DISPLAY_MAX_SIDE a side
     assert labels.shape == (max(1, round(h * scale)), max(1, round(w * scale))), (kind, labels.shape)
-    pred = workbench.Predictor(app.zoo().predictor("fcn8s").model, "cpu").predict(str(path))
+    pred = workbench.Predictor(common.zoo().predictor("fcn8s").model, "cpu").predict(str(path))
     assert pred.labels.shape == (h, w)  # the Python API answers at the original size
 
 
@@ -179,7 +176,7 @@ def test_invalid_inputs_get_a_clear_message(kind, tmp_path):
     if kind == "bomb":
         assert path.stat().st_size < 500_000  # a few hundred KB that would decode to 900 M pixels
     with pytest.raises(gr.Error) as err:
-        app.compare(str(path), ["fcn8s"], 0.5)
+        compare.compare(str(path), ["fcn8s"], 0.5)
     assert INVALID[kind] in err.value.message, err.value.message
 
 

@@ -31,7 +31,7 @@ def test_wheel_bundles_plugins_checkpoints_and_app(wheel):
     plugins = sorted(p.name for p in (ROOT / "plugins").glob("*.py") if not p.name.startswith("_"))
     for name in plugins:
         assert f"workbench/_bundled/plugins/{name}" in names
-    assert "workbench/_bundled/app.py" in names
+    assert "workbench/app/__init__.py" in names and "workbench/app/compare.py" in names  # the app is a package module
     shipped = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if p.is_file())
     for name in shipped:
         assert f"workbench/_bundled/checkpoints/{name}" in names
@@ -45,7 +45,7 @@ def test_installed_package_works_outside_the_checkout(wheel, tmp_path):
         "import json, workbench, workbench.paths as p\n"
         "print(json.dumps({'file': workbench.__file__, 'archs': workbench.list_architectures(),"
         " 'errors': workbench.plugin_errors(), 'plugins': str(p.plugins_dirs()[0]),"
-        " 'checkpoints': str(p.checkpoints_dir()), 'app': str(p.app_path()), 'app_exists': p.app_path().is_file()}))\n"
+        " 'checkpoints': str(p.checkpoints_dir()), 'app': __import__('importlib.util').util.find_spec('workbench.app').origin}))\n"
     )
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -56,4 +56,4 @@ def test_installed_package_works_outside_the_checkout(wheel, tmp_path):
     import workbench
 
     assert info["archs"] == workbench.list_architectures()
-    assert "_bundled" in info["plugins"] and "_bundled" in info["checkpoints"] and info["app_exists"]
+    assert "_bundled" in info["plugins"] and "_bundled" in info["checkpoints"] and info["app"].startswith(str(site))

@@ -18,15 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
+import workbench
+from workbench.app import common, compare, patches, segment
+from workbench.app.compare import CARD_FIELDS
+from workbench.inference.zoo import Zoo
+from workbench.io.checkpoint import sha256_file
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-gr = pytest.importorskip("gradio")
-app = pytest.importorskip("app")
-
-import workbench  # noqa: E402
-from workbench.io.checkpoint import sha256_file  # noqa: E402
-from workbench.inference.zoo import Zoo  # noqa: E402
 
 
 @pytest.fixture()
@@ -83,21 +81,21 @@ def test_broken_checkpoints_are_refused_and_the_others_keep_serving(tmp_path, st
     (ck / "garbage.json").write_text("{not json")
 
     zoo = Zoo(ck, timeout=60)
-    monkeypatch.setattr(app, "_ZOO", zoo)
+    monkeypatch.setattr(common, "_ZOO", zoo)
     assert "garbage.json" in zoo.checkpoint_errors and "unknown_arch.json" in zoo.checkpoint_errors
     assert "no_such_net" in zoo.checkpoint_errors["unknown_arch.json"]
-    assert "checkpoint(s) refused" in app.status_markdown()
+    assert "checkpoint(s) refused" in common.status_markdown()
 
     archs = ["fcn8s", "unet", "residual_unet", "dilated", "fcn32s"]
-    image, results, _ = app.segment_all(street, archs)
+    image, results, _ = segment.segment_all(street, archs)
     assert "labels" in results["fcn8s"] and zoo.entries["fcn8s"].trained
     assert "does not match the manifest" in results["unet"]["error"]
     assert "pickle" in results["residual_unet"]["error"]
     assert "truncated" in results["dilated"]["error"] or "not a valid safetensors" in results["dilated"]["error"]
     assert "5 classes listed but num_classes=11" in results["fcn32s"]["error"]
     assert not Path("/tmp/workbench-pwned").exists()
-    cards = app.render_cards(image, results, 0.5)
-    header = cards[app.ARCHITECTURES.index("unet") * app.CARD_FIELDS + 1]
+    cards = compare.render_cards(image, results, 0.5)
+    header = cards["unet"]["header"]
     assert "Error" in header and "does not match" in header
 
 
@@ -195,9 +193,10 @@ def test_failing_plugins_stay_in_their_own_card(bad_plugin_app, street):
     t = time.time()
     result = client.predict(handle_file(street), ["zz_raises", "zz_wrong_shape", "zz_hangs", "fcn8s"], 0.5, api_name="/compare")
     elapsed = time.time() - t
-    per_card = app.CARD_FIELDS - 1
-    header = {n: result[per_card * i] for i, n in enumerate(names)}
-    mask = {n: result[per_card * i + 1] for i, n in enumerate(names)}
+    fields = [f.name for f in CARD_FIELDS]  # a card's outputs in the /compare API, per architecture in registry order
+    per_card = len(fields)
+    header = {n: result[per_card * i + fields.index("header")] for i, n in enumerate(names)}
+    mask = {n: result[per_card * i + fields.index("mask")] for i, n in enumerate(names)}
     assert "forward exploded on purpose" in header["zz_raises"]
     assert "expected logits of shape" in header["zz_wrong_shape"]
     assert "did not answer within 5 s" in header["zz_hangs"]
@@ -206,7 +205,7 @@ def test_failing_plugins_stay_in_their_own_card(bad_plugin_app, street):
     # a second request while the hung call still runs is refused at once for that model only
     t = time.time()
     again = client.predict(handle_file(street), ["zz_hangs", "fcn8s"], 0.5, api_name="/compare")
-    assert "still busy" in again[per_card * names.index("zz_hangs")]
+    assert "still busy" in again[per_card * names.index("zz_hangs") + fields.index("header")]
     assert time.time() - t < 30
 
 
@@ -273,8 +272,9 @@ def test_gradio_image_cache_writes_atomically_and_reuses_copies(tmp_path):
     """Identical output images from concurrent requests must never rewrite a file a browser is downloading."""
     import threading
 
-    import app  # noqa: F401  (installs the atomic cache)
     from gradio import image_utils, processing_utils as pu
+
+    patches.install_atomic_image_cache()  # build_app() does this
 
     assert getattr(pu.save_pil_to_cache, "workbench_atomic", False)
     img = np.zeros((40, 60, 3), np.uint8)
@@ -296,8 +296,9 @@ def test_gradio_image_cache_writes_atomically_and_reuses_copies(tmp_path):
 
 def test_gradio_image_cache_png_is_lossless_and_keeps_the_palette(tmp_path):
     """The cache writes PNGs with fast compression: still lossless, palette masks stay palette images."""
-    import app  # noqa: F401
     from gradio import processing_utils as pu
+
+    patches.install_atomic_image_cache()  # build_app() does this
 
     from workbench import viz
     from workbench.classes import CAMVID_CLASSES

@@ -69,21 +69,21 @@ def test_packages_txt_installs_an_allocator_the_app_finds():
 
 
 def test_without_camvid_the_app_offers_a_builtin_synthetic_example(monkeypatch, tmp_path):
-    import app
+    from workbench.app import common
 
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
-    (ex,) = app.example_images()
+    (ex,) = common.example_images()
     im = Image.open(ex)
     assert im.size == (480, 360) and im.mode == "RGB"
-    assert app.example_images() == [ex]  # made once, then reused
+    assert common.example_images() == [ex]  # made once, then reused
 
 
 def test_compare_reports_progress_per_model(monkeypatch, tmp_path):
-    import app
+    from workbench.app import common, compare
 
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
     calls = []
-    app.compare(app.synthetic_example(), ["naive", "fcn32s"], 0.5, progress=lambda frac, desc=None, unit=None: calls.append((frac, desc)))
+    compare.compare(common.synthetic_example(), ["naive", "fcn32s"], 0.5, progress=lambda frac, desc=None, unit=None: calls.append((frac, desc)))
     assert calls == [((0, 2), "running naive"), ((1, 2), "running fcn32s")]
 
 
@@ -109,9 +109,9 @@ def test_zerogpu_decorates_the_model_runs_when_spaces_is_present(tmp_path):
     log = tmp_path / "gpu.jsonl"
     script = textwrap.dedent(
         """
-        import app
-        assert getattr(app.segment_all, "zerogpu", False), "segment_all is not wrapped by spaces.GPU"
-        app.compare(app.synthetic_example(), ["naive", "fcn32s", "unet"], 0.5)
+        from workbench.app import common, compare, segment
+        assert getattr(segment.segment_all, "zerogpu", False), "segment_all is not wrapped by spaces.GPU"
+        compare.compare(common.synthetic_example(), ["naive", "fcn32s", "unet"], 0.5)
         print("ok")
         """
     )
@@ -123,49 +123,49 @@ def test_zerogpu_decorates_the_model_runs_when_spaces_is_present(tmp_path):
 
 
 def test_without_spaces_nothing_is_wrapped():
-    import app
+    from workbench.app import gpu, segment
 
-    if app.spaces is not None:
+    if gpu.spaces is not None:
         pytest.skip("the `spaces` package is installed here")
-    assert app.on_gpu(len) is len
-    assert not hasattr(app.segment_all, "zerogpu")
-    assert app.gpu_duration("x.png", ["a"] * 100) == 120  # capped
+    assert gpu.on_gpu(len) is len
+    assert not hasattr(segment.segment_all, "zerogpu")
+    assert gpu.gpu_duration("x.png", ["a"] * 100) == 120  # capped
 
 
 def test_example_results_are_cached_by_content(monkeypatch, tmp_path):
     """Gradio hands the handler a copy of the example file: the cache goes by content, and only for examples."""
     import shutil
 
-    import app
+    from workbench.app import common, compare, segment
 
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
-    monkeypatch.setattr(app, "_EXAMPLE_CACHE", {})
-    monkeypatch.setattr(app, "_EXAMPLE_DIGESTS", set())
+    monkeypatch.setattr(segment, "_EXAMPLE_CACHE", {})
+    monkeypatch.setattr(segment, "_EXAMPLE_DIGESTS", set())
     calls = []
-    real = app.segment_all
-    monkeypatch.setattr(app, "segment_all", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    example = app.synthetic_example()
-    app.register_examples([example])
+    real = segment.segment_all
+    monkeypatch.setattr(segment, "segment_all", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    example = common.synthetic_example()
+    segment.register_examples([example])
     copy = shutil.copy(example, tmp_path / "served_copy.png")
-    first = app.compare(copy, ["naive", "fcn32s"], 0.5)
-    second = app.compare(copy, ["naive", "fcn32s"], 0.3)
+    first = compare.compare(copy, ["naive", "fcn32s"], 0.5)
+    second = compare.compare(copy, ["naive", "fcn32s"], 0.3)
     assert calls == [["naive", "fcn32s"]]  # the second answer came from the cache
-    assert (first[-1]["results"]["naive"]["labels"] == second[-1]["results"]["naive"]["labels"]).all()
-    app.compare(copy, ["naive"], 0.5)  # another selection is another entry
+    assert (first.state["results"]["naive"]["labels"] == second.state["results"]["naive"]["labels"]).all()
+    compare.compare(copy, ["naive"], 0.5)  # another selection is another entry
     Image.open(example).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "user.png")
-    app.compare(str(tmp_path / "user.png"), ["naive"], 0.5)
-    app.compare(str(tmp_path / "user.png"), ["naive"], 0.5)  # not an example: never cached
-    assert len(calls) == 4 and len(app._EXAMPLE_CACHE) == 2
+    compare.compare(str(tmp_path / "user.png"), ["naive"], 0.5)
+    compare.compare(str(tmp_path / "user.png"), ["naive"], 0.5)  # not an example: never cached
+    assert len(calls) == 4 and len(segment._EXAMPLE_CACHE) == 2
 
 
 def test_warming_fills_the_cache_in_the_background(monkeypatch, tmp_path):
-    import app
+    from workbench.app import common, compare, segment
 
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
-    monkeypatch.setattr(app, "_EXAMPLE_CACHE", {})
-    monkeypatch.setattr(app, "_EXAMPLE_DIGESTS", set())
-    paths = app.register_examples(app.example_images())
-    app.warm_examples(paths, ["naive"]).join(timeout=120)
-    assert len(app._EXAMPLE_CACHE) == 1
-    monkeypatch.setattr(app, "segment_all", lambda *a, **k: pytest.fail("not answered from the cache"))
-    app.compare(paths[0], ["naive"], 0.5)
+    monkeypatch.setattr(segment, "_EXAMPLE_CACHE", {})
+    monkeypatch.setattr(segment, "_EXAMPLE_DIGESTS", set())
+    paths = segment.register_examples(common.example_images())
+    segment.warm_examples(paths, ["naive"]).join(timeout=120)
+    assert len(segment._EXAMPLE_CACHE) == 1
+    monkeypatch.setattr(segment, "segment_all", lambda *a, **k: pytest.fail("not answered from the cache"))
+    compare.compare(paths[0], ["naive"], 0.5)

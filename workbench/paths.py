@@ -1,8 +1,8 @@
-"""Where the workbench finds its plugins, checkpoints, app and data.
+"""Where the workbench finds its plugins, checkpoints and data.
 
 Two layouts are supported and resolved the same way:
 
-* a source checkout: ``plugins/``, ``checkpoints/`` and ``app.py`` sit next to
+* a source checkout: ``plugins/``, ``checkpoints/`` and ``benchmarks/`` sit next to
   the ``workbench/`` package;
 * an installed wheel (``pip install .``): the build copies them into
   ``workbench/_bundled/`` (see ``pyproject.toml``).
@@ -22,7 +22,6 @@ __all__ = [
     "bundled_path",
     "plugins_dirs",
     "checkpoints_dir",
-    "app_path",
     "resolve_data_root",
     "DATA_ROOT_ENV",
 ]
@@ -37,7 +36,7 @@ CHECKPOINTS_ENV = "WORKBENCH_CHECKPOINTS"
 
 
 def bundled_path(name: str) -> Path:
-    """Path of a top-level project resource (``plugins``, ``checkpoints``, ``app.py``).
+    """Path of a top-level project resource (``plugins``, ``checkpoints``, ``benchmarks``).
 
     Prefers the copy inside an installed wheel, falls back to the source checkout.
     """
@@ -59,10 +58,6 @@ def checkpoints_dir() -> Path:
     """Folder with the shipped checkpoints (``WORKBENCH_CHECKPOINTS`` overrides)."""
     override = os.environ.get(CHECKPOINTS_ENV)
     return Path(override) if override else bundled_path("checkpoints")
-
-
-def app_path() -> Path:
-    return bundled_path("app.py")
 
 
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:

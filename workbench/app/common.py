@@ -1,0 +1,190 @@
+"""What every tab shares: the model zoo, the architecture list, uploads, examples, badges, timing, status.
+
+Nothing here runs at import: the zoo is created on first use, the registry is asked when a function is
+called (importing the registry's plugins is work), example files are listed when the app is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+import workbench
+from workbench.data.datasets import synthetic_sample
+from workbench.inference.zoo import Zoo, discover_checkpoints
+from workbench.io.checkpoint import atomic_write_bytes
+from workbench.io.images import ImageError, load_image
+from workbench.paths import resolve_data_root
+
+CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")
+# Events that run networks share one slot ("models"): on a 2-core CPU, two at once only slow each other
+# down. Light events (tables, figures, restyling) get a few slots of their own so a page load is never
+# stuck behind a queue of segmentations.
+HEAVY = dict(concurrency_limit=1, concurrency_id="models")
+LIGHT = dict(concurrency_limit=4, concurrency_id="light")
+
+_ZOO: Zoo | None = None
+_ZOO_LOCK = threading.Lock()
+
+
+def zoo() -> Zoo:
+    """The app's model zoo, created on first use (models inside load lazily too)."""
+    global _ZOO
+    if _ZOO is None:
+        with _ZOO_LOCK:
+            if _ZOO is None:
+                _ZOO = Zoo()
+    return _ZOO
+
+
+def architectures() -> list[str]:
+    """Every registered architecture (the first call imports the plugins)."""
+    return workbench.list_architectures()
+
+
+def default_selection() -> list[str]:
+    """The Compare tab's preselection: the classic architectures that have trained checkpoints (at least two of
+    them), else the six classic ones (then untrained, and marked so)."""
+    names = architectures()
+    trained = set(discover_checkpoints()[0])
+    chosen = [a for a in CLASSIC if a in names and a in trained]
+    if len(chosen) >= 2:
+        return chosen
+    return [a for a in CLASSIC if a in names and a != "fcn16s"]
+
+
+# --- manifest fields the app shows (one place, until the typed Manifest replaces the dict digging)
+
+
+def manifest_test_miou(man: dict) -> float | None:
+    """The CamVid test mIoU recorded in a manifest (``workbench eval --split test``), or None."""
+    return ((man.get("metrics") or {}).get("test") or {}).get("miou")
+
+
+def manifest_cpu_latency_ms(man: dict) -> float | None:
+    """The CPU latency at 360x480 recorded by ``workbench eval --cost``, or None."""
+    return (man.get("cost") or {}).get("cpu_latency_ms")
+
+
+def manifest_dataset(man: dict) -> str | None:
+    """The dataset a checkpoint was trained on (a name, or a dict with one)."""
+    ds = man.get("dataset")
+    return ds.get("name") if isinstance(ds, dict) else ds
+
+
+def manifest_border_weights(man: dict) -> bool:
+    """Whether the checkpoint was trained with the U-Net border weight map."""
+    return bool(((man.get("training") or {}).get("config") or {}).get("border_weights"))
+
+
+# --- examples and uploads
+
+
+def example_images(n: int = 4) -> list[str]:
+    """A few CamVid test images from the data root when the data is present (``workbench fetch-data camvid``),
+    else one built-in synthetic image (shapes on a texture, made in code), so a fresh Space has an example."""
+    folder = resolve_data_root() / "camvid" / "test"
+    files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not files:
+        return [synthetic_example()]
+    step = max(1, len(files) // n)
+    return [str(p) for p in files[::step][:n]]
+
+
+def synthetic_example() -> str:
+    """Write (once) and return a 360x480 synthetic example image."""
+    path = Path(tempfile.gettempdir()) / "segmentation-workbench" / "synthetic_example.png"
+    if not path.is_file():
+        image, _ = synthetic_sample(0, split="test", size=(360, 480), num_classes=5)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue(), durable=False)  # concurrent workers never see a half-written file
+    return str(path)
+
+
+def raw_upload(component: gr.Image) -> gr.Image:
+    """Make an image input hand the handler the uploaded file untouched.
+
+    Gradio's own preprocessing opens every upload with PIL first, so a corrupt
+    file fails inside Gradio with a bare "Error". With this, decoding happens in
+    :func:`workbench.load_image`, which explains what is wrong with the file.
+    (An instance override: subclassing a component makes Gradio write a .pyi file.)
+    """
+    default = component.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if payload.path is None:  # pasted data: URL
+            try:
+                return default(payload)
+            except Exception:
+                raise gr.Error("The pasted data is not an image that can be read.") from None
+        return str(payload.path)
+
+    component.preprocess = preprocess
+    return component
+
+
+def read_upload(image_path: str | None) -> Image.Image:
+    """Decode an uploaded file as RGB; any problem becomes a message for the user."""
+    if not image_path:
+        raise gr.Error("Upload an image first (or pick an example).")
+    try:
+        return load_image(image_path, "RGB")
+    except ImageError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+# --- small pieces of presentation
+
+
+def badge(entry) -> str:
+    """``trained`` (with its test mIoU) or ``untrained`` for a zoo entry, as an HTML badge."""
+    if entry.trained:
+        miou = entry.test_miou
+        extra = f", CamVid test mIoU {100 * miou:.1f}" if miou is not None else ""
+        return f'<span class="wb-badge wb-trained">trained{extra}</span>'
+    return '<span class="wb-badge wb-untrained">untrained: random weights, no checkpoint yet</span>'
+
+
+def fast_png(image: Image.Image) -> Image.Image:
+    """Ask Gradio's PNG save for zlib level 1 (Pillow reads ``encoderinfo`` as save options).
+
+    On a label map this encodes several times faster than the default level, for a somewhat larger
+    file (the request benchmark's "image encoding" stage)."""
+    image.encoderinfo = {"compress_level": 1}
+    return image
+
+
+@contextlib.contextmanager
+def clock(timings: dict | None, key: str):
+    """Add the block's wall time (ms) to ``timings[key]`` (for ``workbench bench --request``)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t) * 1e3
+
+
+def status_markdown() -> str:
+    """Plugins that failed to import and checkpoints that were refused: the rest of the app works without them."""
+    parts = []
+    plugin_errors = workbench.plugin_errors()
+    if plugin_errors:
+        items = "\n".join(f"- `{Path(k).name}`: {html.escape(v)}" for k, v in plugin_errors.items())
+        parts.append(f"**{len(plugin_errors)} plugin(s) failed to load** (the others work):\n{items}")
+    refused = zoo().checkpoint_errors
+    if refused:
+        items = "\n".join(f"- `{name}`: {html.escape(err)}" for name, err in refused.items())
+        parts.append(f"**{len(refused)} checkpoint(s) refused** (those architectures run untrained or not at all):\n{items}")
+    return "\n\n".join(parts)

@@ -1,0 +1,230 @@
+"""The Compare tab: every selected architecture on one image, one card each, and where they disagree.
+
+A card is described once, in :data:`CARD_FIELDS` (its components) and :func:`card_values` (what they
+show); handlers return values keyed by architecture and field name, and :class:`CompareTab` turns them
+into ``{component: value}`` updates. Nothing outside this module knows the order of the outputs.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from workbench import viz
+from workbench.classes import IGNORE_INDEX
+
+from .common import HEAVY, LIGHT, architectures, badge, clock, fast_png, raw_upload, zoo
+from .segment import cached_segment_all
+
+__all__ = ["CARD_FIELDS", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "encoded_images", "render_cards", "restyle"]
+
+DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large
+STATE_TTL_S = 900  # a session's cached label maps live this long
+
+
+@dataclass(frozen=True)
+class CardField:
+    """One component of an architecture's card: its name in :func:`card_values`, its class and arguments."""
+
+    name: str
+    component: type
+    kwargs: dict = field(default_factory=dict)
+
+    def build(self) -> gr.components.Component:
+        return self.component(**self.kwargs)
+
+    @property
+    def image_format(self) -> str | None:
+        """The format Gradio writes this field's pictures in (None: not an image)."""
+        return self.kwargs.get("format") if issubclass(self.component, gr.Image) else None
+
+
+# A card, top to bottom. The /compare API returns these fields per architecture, in this order.
+CARD_FIELDS: tuple[CardField, ...] = (
+    CardField("header", gr.HTML),
+    CardField("mask", gr.Image, dict(label="Mask", format="png", interactive=False, height=220)),
+    # photo-like: JPEG is 100x faster to encode than PNG
+    CardField("overlay", gr.Image, dict(label="Overlay", format="jpeg", interactive=False, height=220)),
+    CardField("errors", gr.Image, dict(label="Errors (red: wrong, dark blue: void)", format="jpeg", interactive=False, height=220, visible=False)),
+    CardField("legend", gr.HTML),
+)
+_FORMATS = {f.name: f.image_format for f in CARD_FIELDS}
+
+
+def _card_header(name: str, latency_ms: float | None = None, error: str | None = None, scores: dict | None = None) -> str:
+    entry = zoo().entries[name]
+    parts = [f"<b>{html.escape(entry.title)}</b> <code>{name}</code> {badge(entry)}"]
+    if error:
+        parts.append(f'<div class="wb-error">Error: {html.escape(error)}</div>')
+    else:
+        params = zoo().num_parameters(name)
+        cb = f" · checkerboard <b>{scores['checkerboard']:.2e}</b>" if scores and "checkerboard" in scores else ""
+        parts.append(f'<div class="wb-stats">latency <b class="wb-latency">{latency_ms:.0f} ms</b> · {params / 1e6:.2f} M parameters{cb}</div>')
+        if scores and "miou" in scores:
+            parts.append(f'<div class="wb-stats">on this image: mIoU <b>{100 * scores["miou"]:.1f}</b> · pixel accuracy <b>{100 * scores["accuracy"]:.1f}</b> (classes present)</div>')
+    return "".join(parts)
+
+
+def card_values(name: str, res: dict | None, image: np.ndarray | None, opacity: float, base: np.ndarray | None = None, gt: np.ndarray | None = None) -> dict[str, Any]:
+    """One card's contents: ``visible`` (the card itself) and a value for every field of :data:`CARD_FIELDS`.
+
+    Args:
+        res: the architecture's entry of :func:`~workbench.app.segment.segment_all`'s results (None: not selected).
+        base: the dimmed image the error maps are drawn on (None: no ground truth, no error map).
+    """
+    hidden_errors = gr.update(value=None, visible=False)
+    if res is None:
+        return {"visible": False, "header": "", "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
+    if "error" in res:
+        return {"visible": True, "header": _card_header(name, error=res["error"]), "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
+    classes = zoo().predictor(name).classes
+    err = viz.error_map(res["labels"], gt, ignore_index=IGNORE_INDEX, base=base) if base is not None and "miou" in res else None
+    return {
+        "visible": True,
+        "header": _card_header(name, res["latency_ms"], scores=res),
+        "mask": fast_png(viz.palette_image(res["labels"], classes)),  # a palette image PNG-encodes 5x faster than an RGB array
+        "overlay": viz.overlay(image, viz.colorize(res["labels"], classes), opacity),
+        "errors": gr.update(value=err, visible=err is not None),
+        "legend": viz.legend_html(classes, present=viz.present_labels(res["labels"], len(classes))),
+    }
+
+
+def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np.ndarray | None = None, names: list[str] | None = None) -> dict[str, dict]:
+    """Every card's contents, ``{architecture: card_values(...)}``, for ``names`` (default: every registered architecture)."""
+    base = viz.dimmed(image) if gt is not None and image is not None else None  # shared by every error map
+    return {name: card_values(name, results.get(name), image, opacity, base, gt) for name in (names if names is not None else architectures())}
+
+
+def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray | None, str]:
+    maps = [r["labels"] for r in results.values() if "labels" in r]
+    if len(maps) < 2:
+        return None, "Select two or more architectures to see where they disagree."
+    n_distinct, agreement = viz.disagreement(maps)
+    img = viz.disagreement_image(image, n_distinct, len(maps))
+    return img, f"**{len(maps)} models agree on {100 * agreement:.1f}% of pixels.** Yellow: two different answers; red: every model says something else."
+
+
+@dataclass
+class CompareResult:
+    """What the Compare tab shows after a run."""
+
+    cards: dict[str, dict]  # {architecture: card_values(...)}, every architecture (unselected ones hidden)
+    disagreement: np.ndarray | None  # the disagreement map (None with fewer than two results)
+    agreement: str  # the sentence under it
+    ground_truth: dict  # gr.update of the ground-truth image (visible only when the image has one)
+    state: dict  # {"image", "results", "gt"}: kept in the session to restyle without rerunning models
+
+
+# the formats Gradio writes the result's pictures in (bench --request times this encoding)
+_RESULT_FORMATS = {"disagreement": "jpeg", "ground_truth": "png"}
+
+
+def encoded_images(result: CompareResult) -> list[tuple[Any, str]]:
+    """Every picture of a result with the format its component writes it in: ``[(array or PIL image, "png"|"jpeg")]``."""
+    out = [(card[k], fmt) for card in result.cards.values() for k, fmt in _FORMATS.items() if fmt]
+    out += [(getattr(result, k), fmt) for k, fmt in _RESULT_FORMATS.items()]
+    return [(v.get("value") if isinstance(v, dict) else v, fmt) for v, fmt in out]
+
+
+def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=gr.Progress(), names: list[str] | None = None) -> CompareResult:
+    """The Compare tab: segment with every selected architecture and lay out one card each.
+
+    ``timings`` (optional dict) receives the milliseconds spent per stage (``workbench bench --request``);
+    ``progress`` shows which model is running (Gradio fills it in; a no-op outside a request);
+    ``names``: the architectures that have a card (default: every registered one).
+    """
+    image, results, gt = cached_segment_all(image_path, archs, timings, progress)
+    # What the browser shows (and the session keeps for restyling) is at most DISPLAY_MAX_SIDE pixels a side:
+    # a 24-megapixel upload must not keep ~100 MB per session alive. Scores were computed at full size.
+    with clock(timings, "fit for display"):
+        image = viz.fit_for_display(image, DISPLAY_MAX_SIDE)
+        for res in results.values():
+            if "labels" in res:
+                res["labels"] = viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)
+        gt = viz.fit_for_display(gt, DISPLAY_MAX_SIDE, labels=True) if gt is not None else None
+    with clock(timings, "disagreement map"):
+        dis_img, dis_text = disagreement_outputs(image, results)
+    with clock(timings, "colorize, overlay, error maps, legends"):
+        gt_img = fast_png(viz.palette_image(gt, zoo().predictor(archs[0]).classes)) if gt is not None else None
+        cards = render_cards(image, results, opacity, gt, names)
+    state = {"image": image, "results": results, "gt": gt}
+    return CompareResult(cards, dis_img, dis_text, gr.update(value=gt_img, visible=gt_img is not None), state)
+
+
+def restyle(state: dict | None, opacity: float, names: list[str] | None = None) -> dict[str, dict]:
+    """Opacity changed: redraw the overlays from the cached label maps, without rerunning models."""
+    if not state:
+        return render_cards(None, {}, opacity, names=names)
+    return render_cards(state["image"], state["results"], opacity, state.get("gt"), names)
+
+
+class CompareTab:
+    """The tab's components, one card per architecture, and its events.
+
+    Built inside a ``gr.Tab``; ``names`` are the architectures that get a card and a checkbox.
+    """
+
+    def __init__(self, names: list[str], selection: list[str], examples: list[str]) -> None:
+        self.names = list(names)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                self.image = raw_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300))
+                self.archs = gr.CheckboxGroup(self.names, value=selection, label="Architectures", elem_classes=["wb-archs"])
+                self.opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                self.button = gr.Button("Segment", variant="primary")
+            with gr.Column(scale=2, min_width=320):
+                with gr.Row():
+                    self.disagreement = gr.Image(label="Disagreement map", format=_RESULT_FORMATS["disagreement"], interactive=False, height=300)
+                    self.ground_truth = gr.Image(label="Ground truth", format=_RESULT_FORMATS["ground_truth"], interactive=False, height=300, visible=False)
+                self.agreement = gr.Markdown()
+        self.state = gr.State(time_to_live=STATE_TTL_S)  # label maps for restyling, dropped after STATE_TTL_S
+        self.cards: dict[str, gr.Column] = {}
+        self.fields: dict[str, dict[str, gr.components.Component]] = {}
+        with gr.Row(equal_height=False):
+            for name in self.names:
+                with gr.Column(visible=False, min_width=300, elem_classes=["wb-card"], elem_id=f"wb-card-{name}") as card:
+                    self.fields[name] = {f.name: f.build() for f in CARD_FIELDS}
+                self.cards[name] = card
+        # the API's order: per architecture its card and fields, then the disagreement map, its text, the ground truth
+        self.card_outputs = [c for name in self.names for c in (self.cards[name], *self.fields[name].values())]
+        self.outputs = [*self.card_outputs, self.disagreement, self.agreement, self.ground_truth, self.state]
+        gr.Examples(  # a click fills the inputs and runs Compare, answered from memory after the first time
+            [[path, selection, 0.5] for path in examples], inputs=[self.image, self.archs, self.opacity],
+            outputs=self.outputs, fn=self.run, run_on_click=True, cache_examples=False, examples_per_page=8,
+            label="CamVid test images (ground truth and error maps shown)" if "camvid" in examples[0] else "A synthetic example (fetch CamVid for real ones: workbench fetch-data camvid)",
+        )
+
+    def card_updates(self, cards: dict[str, dict]) -> dict:
+        """``{component: value}`` for every card from :func:`render_cards`' output."""
+        out: dict = {}
+        for name, card in self.cards.items():
+            values = cards[name]
+            out[card] = gr.update(visible=values["visible"])
+            out.update({comp: values[key] for key, comp in self.fields[name].items()})
+        return out
+
+    def updates(self, result: CompareResult) -> dict:
+        """``{component: value}`` for every output of a Compare run."""
+        return {
+            **self.card_updates(result.cards),
+            self.disagreement: result.disagreement,
+            self.agreement: result.agreement,
+            self.ground_truth: result.ground_truth,
+            self.state: result.state,
+        }
+
+    def run(self, image_path: str | None, archs: list[str], opacity: float, progress=gr.Progress()) -> dict:
+        """Segment the image with every selected architecture (the /compare endpoint)."""
+        return self.updates(compare(image_path, archs, opacity, progress=progress, names=self.names))
+
+    def restyle(self, state: dict | None, opacity: float) -> dict:
+        return self.card_updates(restyle(state, opacity, self.names))
+
+    def wire(self) -> None:
+        """The tab's events (inside the Blocks, after the layout)."""
+        self.button.click(self.run, [self.image, self.archs, self.opacity], self.outputs, api_name="compare", **HEAVY)
+        self.opacity.release(self.restyle, [self.state, self.opacity], self.card_outputs, api_name=False, **LIGHT)

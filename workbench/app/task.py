@@ -1,0 +1,56 @@
+"""The Task representation tab: a network's answer is one probability map per class, then an argmax."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from workbench import viz
+
+from .common import HEAVY, badge, raw_upload, read_upload, zoo
+
+__all__ = ["build", "task_representation"]
+
+
+def task_representation(image_path: str | None, arch: str, opacity: float):
+    """The Task tab: per-class probability maps (the one-hot channels), argmax map and overlay.
+
+    Returns:
+        ``(gallery, mask, overlay, legend_html, note)``.
+    """
+    image = read_upload(image_path)
+    try:
+        pred = zoo().predict(arch, image)
+    except Exception as exc:
+        raise gr.Error(f"{arch} failed: {type(exc).__name__}: {exc}") from None
+    probs = pred.probs_work  # (C, h, w) at the working size
+    gallery = viz.class_probability_maps(probs, pred.classes)
+    mask = viz.colorize(pred.labels, pred.classes)
+    over = viz.overlay(np.asarray(image), mask, opacity)
+    note = (
+        f"The network outputs **{probs.shape[0]} channels**, one per class: a score per pixel, turned into probabilities "
+        "by a softmax across channels (bright = likely). Training compares them with the one-hot target, where exactly one "
+        "channel is 1 at every pixel. The label map is the **argmax** across channels: each pixel takes the class whose "
+        f"channel is brightest. {badge(zoo().entries[arch])}"
+    )
+    return gallery, mask, over, viz.legend_html(pred.classes), note
+
+
+def build(names: list[str], examples: list[str]) -> None:
+    """The tab's layout and events (inside a ``gr.Tab``)."""
+    gr.Markdown("How a segmentation network represents its answer: one probability map per class, then an argmax.")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            image = raw_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300))
+            arch = gr.Dropdown(names, value="unet" if "unet" in names else names[0], label="Architecture")
+            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+            button = gr.Button("Show representation", variant="primary")
+            gr.Examples(examples, inputs=image, label="Examples")
+        with gr.Column(scale=2, min_width=320):
+            note = gr.Markdown()
+            gallery = gr.Gallery(label="Per-class probability maps (one channel per class)", columns=4, height="auto")
+            with gr.Row():
+                mask = gr.Image(label="Argmax label map", format="png", interactive=False)
+                over = gr.Image(label="Overlay", format="png", interactive=False)
+            legend = gr.HTML()
+    button.click(task_representation, [image, arch, opacity], [gallery, mask, over, legend, note], api_name="task_representation", **HEAVY)
