@@ -367,9 +367,10 @@ def test_importing_the_app_does_no_work():
 
 def test_the_cli_app_command_serves_workbench_app(monkeypatch):
     from workbench import cli
+    from workbench.app import server
 
     calls = []
-    monkeypatch.setattr(app, "main", lambda argv=None: calls.append(argv))
+    monkeypatch.setattr(server, "main", lambda argv=None: calls.append(argv))
     assert cli.main(["app", "--port", "7999"]) == 0
     assert calls == [["--port", "7999"]]
 

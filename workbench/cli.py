@@ -26,13 +26,6 @@ def _resolve(spec: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def _cmd_app(args) -> int:
-    from .app import main as serve  # here, not at the top: the app loads gradio and torch (after the allocator re-exec)
-
-    serve(["--port", str(args.port)] if args.port else [])
-    return 0
-
-
 def _manifest_field(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -188,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)
-    s.set_defaults(func=_cmd_app)
+    s.set_defaults(func="workbench.app.server:cmd_app")
     return p
 
 

@@ -14,7 +14,7 @@ from .patches import limit_malloc_arenas
 from .segment import warm_examples
 from .theme import CSS
 
-__all__ = ["launch", "main"]
+__all__ = ["cmd_app", "launch", "main"]
 
 MAX_SESSIONS = 128  # sessions whose state is kept; the oldest are dropped beyond this
 
@@ -53,3 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
     launch(args.host, args.port)
+
+
+def cmd_app(args) -> int:
+    """``workbench app [--port P]`` (the CLI has already swapped the allocator)."""
+    main(["--port", str(args.port)] if args.port else [])
+    return 0
