@@ -3,7 +3,7 @@
     python scripts/ema_report.py runs/finetune/camvid_deeplabv3plus_ema runs/finetune/camvid_residual_unet
 
 prints, per run, the best validation mIoU of the average and of the trained weights, the mean and range of
-their difference over the evaluations, and each one's spread (see ``workbench.training.trainer.ema_comparison``).
+their difference over the evaluations, and each one's spread (see ``workbench.training.curves.ema_comparison``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from workbench.training.trainer import ema_comparison, read_metrics
+from workbench.training.curves import ema_comparison, read_metrics
 
 
 def main(argv: list[str]) -> int:

@@ -14,8 +14,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from workbench.classes import IGNORE_INDEX, default_normalization
 from workbench.data.datasets import build_dataset
-from workbench.data.device import N_DRAWS, DeviceData, DeviceLoader, bench_data_pipeline, format_bench_table, resolve_data_on_device
-from workbench.training.trainer import EpochSampler, TrainConfig, Trainer, build_parser, config_from_args
+from workbench.data.bench import bench_data_pipeline, format_bench_table
+from workbench.data.device import N_DRAWS, DeviceData, DeviceLoader, resolve_data_on_device
+from workbench.data.sampling import EpochSampler
+from workbench.training.config import TrainConfig, build_parser, config_from_args
+from workbench.training.trainer import Trainer
 
 H, W = 48, 64
 NORM = default_normalization(3)

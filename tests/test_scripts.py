@@ -15,7 +15,8 @@ import pytest
 from workbench.io.checkpoint import read_manifest
 from workbench.training.losses import parse_loss
 from workbench.models.registry import create_model
-from workbench.training.trainer import _init_weights, build_parser, config_from_args
+from workbench.training.config import build_parser, config_from_args
+from workbench.training.finetune import init_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUES = ["train_zoo.sh", "train_upsampling.sh", "finetune_lovasz.sh"]
@@ -48,7 +49,7 @@ def _check(argv: list[str]) -> None:
         manifest = read_manifest(ROOT / cfg.init_from)
         kw = manifest["kwargs"]
         model = create_model(cfg.arch, num_classes=kw["num_classes"], in_chans=kw["in_chans"], encoder=cfg.encoder, upsample=cfg.upsample, **cfg.model_kwargs)
-        _init_weights(model, str(ROOT / cfg.init_from))  # same architecture and kwargs, weights load strictly
+        init_weights(model, str(ROOT / cfg.init_from))  # same architecture and kwargs, weights load strictly
     else:
         create_model(cfg.arch, num_classes=11, encoder=cfg.encoder, upsample=cfg.upsample, **cfg.model_kwargs)
 

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench.training.trainer import Trainer, TrainConfig, TrainingInterrupted, build_parser, config_from_args, lr_lambda, train  # noqa: E402
+from workbench.training.config import TrainConfig, build_parser, config_from_args  # noqa: E402
+from workbench.training.schedules import lr_lambda  # noqa: E402
+from workbench.training.trainer import Trainer, TrainingInterrupted, train  # noqa: E402
 
 # A tiny but real recipe: U-Net on the smallest timm encoder, synthetic shapes, fp32 for exact comparisons.
 BASE = dict(
@@ -238,7 +240,8 @@ def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isol
     script.write_text(
         "import sys, json, torch, torch.distributed as dist\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from workbench.training.trainer import Trainer, TrainConfig\n"
+        "from workbench.training.config import TrainConfig\n"
+        "from workbench.training.trainer import Trainer\n"
         "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
         "t = Trainer(cfg)\n"
         "t.fit()\n"
@@ -248,7 +251,7 @@ def test_two_process_ddp_stays_in_sync_and_matches_single_process(tmp_path, isol
         "if dist.get_rank() == 0:\n"
         "    open(sys.argv[2], 'w').write(json.dumps({'max_rank_diff': max((g - gathered[0]).abs().max().item() for g in gathered)}))\n"
         "t.close(); del t\n"  # as workbench.training.trainer.train does; without it 3 of 55 runs aborted at exit
-        "from workbench.training.trainer import shutdown_distributed\n"
+        "from workbench.training.runtime import shutdown_distributed\n"
         "shutdown_distributed()\n"
     )
     recipe = dict(BASE, arch="plain_ddp_probe", encoder=None, scale=[1.0, 1.0], epochs=1, max_steps=6, optimizer="sgd", lr=0.05, warmup_steps=0, scheduler="constant", val_limit=2)
@@ -334,7 +337,7 @@ def test_init_from_refuses_a_different_network(tmp_path):
 
 def test_init_from_lets_a_fine_tune_change_training_only_kwargs(tmp_path):
     """Dropout has no parameters and is the identity at inference: a fine-tune may turn it off, and says so."""
-    from workbench.training.trainer import TRAINING_ONLY_KWARGS
+    from workbench.training.finetune import TRAINING_ONLY_KWARGS
 
     assert "dropout" in TRAINING_ONLY_KWARGS and "upsample" not in TRAINING_ONLY_KWARGS
     train(_cfg(tmp_path / "parent", arch="fcn8s", epochs=1, max_steps=1))  # the plugin's default dropout, 0.1
@@ -381,14 +384,15 @@ def _ema_by_hand(cfg, decay_at, steps=3):
     """Three training steps, and the average worked by hand: e_1 = w_1, e_t = g_t e_(t-1) + (1 - g_t) w_t."""
     import copy
 
-    from workbench.training.trainer import Trainer, _unwrap
+    from workbench.training.runtime import unwrap
+    from workbench.training.trainer import Trainer
 
     trainer = Trainer(cfg)
     seen = []
     for batch in trainer.loader:
         trainer.train_step(batch)
         trainer.global_step += 1
-        seen.append(copy.deepcopy(_unwrap(trainer.model).state_dict()))
+        seen.append(copy.deepcopy(unwrap(trainer.model).state_dict()))
         if len(seen) == steps:
             break
     expected = {k: v.clone() for k, v in seen[0].items()}
@@ -456,7 +460,7 @@ def test_ema_averages_the_steps_and_is_what_gets_validated_saved_and_resumed(tmp
 
 
 def test_ema_comparison_of_average_and_trained_weights():
-    from workbench.training.trainer import ema_comparison
+    from workbench.training.curves import ema_comparison
 
     def rec(avg, raw):
         return {"epoch": 1, "val": {"miou": avg}, "val_raw": {"miou": raw}}
