@@ -391,6 +391,20 @@ def test_model_card_metadata_and_metrics(checkpoint):
     assert manifest["weights"]["sha256"] in body
 
 
+def test_model_card_is_built_with_huggingface_hub(checkpoint):
+    """The front matter is a ModelCardData with EvalResults (the Hub's own parser reads them back)."""
+    from workbench.io.modelcard import build_model_card
+
+    manifest = workbench.load_checkpoint(checkpoint)[1]
+    card = build_model_card(manifest, REPO)
+    assert isinstance(card, huggingface_hub.ModelCard) and str(card) == hub.model_card(manifest, REPO)
+    parsed = huggingface_hub.ModelCard(str(card))
+    assert parsed.data.model_name == "camvid-unet-tiny" and parsed.data.library_name == "segmentation-workbench"
+    results = {(r.dataset_split, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    assert results[("test", "mean_iou")] == 61.23 and results[("val", "mean_iou")] == 65.0
+    assert all(r.task_type == "image-segmentation" and r.dataset_type == "camvid" for r in parsed.data.eval_results)
+
+
 def test_model_card_without_metrics():
     manifest = {"architecture": "fcn8s", "kwargs": {"num_classes": 2, "in_chans": 1}, "classes": [{"name": "a"}, {"name": "b|c"}], "weights": {"file": "x.safetensors", "sha256": "ab" * 32}}
     card = hub.model_card(manifest, "carol/fcn", license="mit")

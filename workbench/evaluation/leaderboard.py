@@ -1,6 +1,7 @@
 """The leaderboard: rows from checkpoint manifests, published anchors, and the figures that compare them.
 
-Pure functions: manifests (dicts) in, table rows and matplotlib figures out.
+Pure functions: manifests (:class:`~workbench.io.manifest.Manifest`, or their plain dicts) in, table rows
+and matplotlib figures out.
 The numbers are the ones ``workbench eval --update-manifests`` wrote into the
 manifests, so the app, the README table and the eval JSON agree by construction.
 """
@@ -8,7 +9,14 @@ manifests, so the app, the README table and the eval JSON agree by construction.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..io.manifest import Manifest
 
 __all__ = ["PUBLISHED_CAMVID", "leaderboard_rows", "table", "per_class_iou_figure", "miou_latency_figure", "class_weights_figure"]
 
@@ -21,49 +29,38 @@ PUBLISHED_CAMVID = [
 ]
 
 
-def leaderboard_rows(manifests: dict[str, dict], split: str = "test") -> list[dict[str, Any]]:
+def leaderboard_rows(manifests: Mapping[str, Mapping[str, Any]], split: str = "test") -> list[dict[str, Any]]:
     """One row per checkpoint that has ``metrics[split]``, best mIoU first.
 
     Args:
-        manifests: ``{name: manifest}`` (e.g. architecture name -> its checkpoint's manifest).
+        manifests: ``{name: manifest}`` (e.g. architecture name -> its checkpoint's manifest); each a
+            :class:`~workbench.io.manifest.Manifest` or its dict.
     """
     rows = []
-    for name, man in manifests.items():
-        m = (man.get("metrics") or {}).get(split)
+    for name, raw in manifests.items():
+        man = Manifest.of(raw)
+        m = (man.metrics or {}).get(split)
         if not m:
             continue
-        cost = man.get("cost") or {}
-        training = man.get("training") or {}
         rows.append(
             {
                 "name": name,
-                "architecture": man.get("architecture", name),
+                "architecture": man.architecture or name,
                 "miou": m.get("miou"),
                 "pixel_accuracy": m.get("pixel_accuracy"),
                 "mean_class_accuracy": m.get("mean_class_accuracy"),
                 "per_class_iou": m.get("per_class_iou") or [],
-                "class_names": m.get("class_names") or [c["name"] for c in man.get("classes", [])],
-                "params": man.get("num_parameters"),
-                "gflops": cost.get("gflops"),
-                "latency_ms": cost.get("cpu_latency_ms"),
-                "val_miou": ((man.get("metrics") or {}).get("val") or {}).get("miou"),
-                "epochs": training.get("epochs_completed"),
+                "class_names": man.class_names(split),
+                "params": man.num_parameters,
+                "gflops": (man.cost or {}).get("gflops"),
+                "latency_ms": (man.cost or {}).get("cpu_latency_ms"),
+                "val_miou": man.val_miou,
+                "epochs": (man.training or {}).get("epochs_completed"),
                 # a fine-tuned checkpoint (workbench train --init-from): the epochs of the runs it started from, first run first
-                "init_epochs": _init_epochs(training),
+                "init_epochs": man.init_epochs,
             }
         )
     return sorted(rows, key=lambda r: -(r["miou"] if isinstance(r["miou"], (int, float)) and not math.isnan(r["miou"]) else -1))
-
-
-def _init_epochs(training: dict) -> list[int]:
-    """Epochs of every run in a checkpoint's ``--init-from`` chain, the first run first (empty if trained once)."""
-    chain = []
-    while isinstance(training.get("init_from"), dict):
-        training = training["init_from"].get("training") or {}
-        if not training.get("epochs_completed"):
-            break
-        chain.append(int(training["epochs_completed"]))
-    return chain[::-1]
 
 
 def _pct(v) -> str:
@@ -105,9 +102,6 @@ def table(rows: list[dict], anchors: list[dict] | None = None) -> list[list]:
 
 
 def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -115,8 +109,6 @@ def _figure(width: float, height: float):
 
 def per_class_iou_figure(rows: list[dict]):
     """Grouped bars: per-class IoU of every checkpoint."""
-    import numpy as np
-
     fig = _figure(11, 4)
     ax = fig.add_subplot()
     if not rows:
@@ -161,8 +153,6 @@ def miou_latency_figure(rows: list[dict], anchors: list[dict] | None = None):
 
 def class_weights_figure(names: list[str], computed: list[float], reference: list[float] | None = None, label: str = "median frequency (computed here)"):
     """Bars of class weights, with a reference set (e.g. SegNet's) beside them."""
-    import numpy as np
-
     fig = _figure(9, 3.8)
     ax = fig.add_subplot()
     x = np.arange(len(names))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,8 +23,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..classes import default_classes, default_normalization
+from ..io.checkpoint import load_checkpoint
 from ..io.images import load_image
+from ..io.manifest import Manifest
 from ..models.base import MIN_INPUT_SIZE
+from .fold import optimize_for_inference
 
 __all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "checkpoint_precision", "autocast_context"]
 
@@ -55,11 +59,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-def checkpoint_precision(manifest: dict, precision: str, device: torch.device) -> str:
+def checkpoint_precision(manifest: Mapping[str, Any], precision: str, device: torch.device) -> str:
     """``resolve_precision``, except that ``"auto"`` gives fp32 for a checkpoint whose manifest pins
     ``"inference": {"precision": "fp32"}`` (its bf16 labels miss the parity bar of
-    :func:`workbench.optimize.parity_holds`: scripts/check_bf16_parity.py). An explicit precision always wins."""
-    if precision == "auto" and (manifest.get("inference") or {}).get("precision") == "fp32":
+    :func:`workbench.inference.parity.parity_holds`: scripts/check_bf16_parity.py). An explicit precision always wins."""
+    if precision == "auto" and Manifest.of(manifest).pinned_precision == "fp32":
         return "fp32"
     return resolve_precision(precision, device)
 
@@ -138,7 +142,7 @@ class Predictor:
             the labels come back at the original size.
         classes, normalization: override what the checkpoint manifest says.
         optimize: fold BatchNorms into convolutions (checked against the unfolded model; see
-            :mod:`workbench.optimize`). The model you pass is not modified.
+            :mod:`workbench.inference.fold`). The model you pass is not modified.
     """
 
     def __init__(
@@ -159,10 +163,9 @@ class Predictor:
             if not manifest:
                 manifest = dict(getattr(model, "workbench_config", {}) or {})
         else:
-            from ..io.checkpoint import load_checkpoint
-
             model, manifest = load_checkpoint(Path(model_or_checkpoint))
-        kwargs = manifest.get("kwargs", {})
+        manifest = Manifest.of(manifest)
+        kwargs = manifest.kwargs
         self.in_chans = int(kwargs.get("in_chans", 3))
         num_classes = kwargs.get("num_classes")
         self.manifest = manifest
@@ -175,8 +178,6 @@ class Predictor:
         self.max_side = int(max_side)
         self.num_parameters = int(sum(p.numel() for p in model.parameters()))  # of the model as built, before folding
         if optimize:
-            from .fold import optimize_for_inference
-
             model, self.optimizations = optimize_for_inference(model, torch.randn(1, self.in_chans, 64, 64))
         else:
             self.optimizations = {}

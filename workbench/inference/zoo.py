@@ -15,15 +15,14 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..io.checkpoint import CheckpointError, read_manifest
 from ..classes import CAMVID_CLASSES
+from ..io.manifest import CheckpointError, Manifest
+from ..models.registry import create_model, get_architecture, list_architectures
 from ..paths import checkpoints_dir
 from .predictor import Prediction, Predictor
-from ..models.registry import create_model, get_architecture, list_architectures
 
 __all__ = ["Zoo", "ZooEntry", "ModelTimeout", "discover_checkpoints", "DEFAULT_TIMEOUT_S"]
 
@@ -39,7 +38,7 @@ class ZooEntry:
     name: str  # architecture name
     title: str
     checkpoint: Path | None = None  # manifest path, None = untrained
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest = field(default_factory=Manifest)  # empty when untrained
 
     @property
     def trained(self) -> bool:
@@ -47,12 +46,7 @@ class ZooEntry:
 
     @property
     def test_miou(self) -> float | None:
-        return (self.manifest.get("metrics") or {}).get("test", {}).get("miou")
-
-
-def _dataset_name(manifest: dict) -> str | None:
-    ds = manifest.get("dataset")
-    return ds.get("name") if isinstance(ds, dict) else ds
+        return self.manifest.test_miou
 
 
 def discover_checkpoints(folder: Path | None = None, dataset: str | None = "camvid") -> tuple[dict[str, Path], dict[str, str]]:
@@ -64,16 +58,16 @@ def discover_checkpoints(folder: Path | None = None, dataset: str | None = "camv
         return {}, {}
     for path in sorted(folder.glob("*.json")):
         try:
-            manifest = read_manifest(path)
+            manifest = Manifest.read(path)
         except CheckpointError as exc:
             errors[path.name] = str(exc)
             continue
-        if dataset is not None and _dataset_name(manifest) not in (dataset, None):
+        if dataset is not None and manifest.dataset_name not in (dataset, None):
             continue
-        if manifest.get("upsampling_lab"):  # the upsampling-lab U-Net variants live in their own tab
+        if manifest.in_upsampling_lab:  # the upsampling-lab U-Net variants live in their own tab
             continue
-        arch = manifest["architecture"]
-        is_default = bool(manifest.get("default"))
+        arch = manifest.architecture
+        is_default = manifest.is_default
         if arch not in chosen or (is_default and not chosen[arch][0]):
             chosen[arch] = (is_default, path)
     return {a: p for a, (_, p) in chosen.items()}, errors
@@ -105,7 +99,7 @@ class Zoo:
         for name in list_architectures():
             info = get_architecture(name)
             path = found.get(name)
-            manifest = read_manifest(path) if path else {}
+            manifest = Manifest.read(path) if path else Manifest()
             self.entries[name] = ZooEntry(name, info.title or name, path, manifest)
         self._predictors: dict[str, Predictor] = {}
         self._locks = {name: threading.Lock() for name in self.entries}

@@ -4,8 +4,9 @@ The manifest names the architecture and every constructor kwarg, so
 ``load_checkpoint`` rebuilds any model from the files alone (as smp's
 ``from_pretrained``); it also carries class names and colours, the input
 normalisation, the sha256 of the weights, and metrics and training recipe when
-known. Weights are only ever read with ``safetensors``: a pickle (including a
-``torch.save`` zip) is refused before anything is deserialised.
+known (its schema: :class:`workbench.io.manifest.Manifest`). Weights are only
+ever read with ``safetensors``: a pickle (including a ``torch.save`` zip) is
+refused before anything is deserialised.
 
 Both files are written atomically (temporary file, fsync, rename), weights
 first, so an interrupted save never leaves a truncated file in place of a
@@ -27,26 +28,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .. import __version__
 from ..classes import default_classes, default_normalization
 from ..models.registry import UnknownChoiceError, create_model
+from .manifest import FORMAT, FORMAT_VERSION, CheckpointError, Manifest, checkpoint_paths, read_manifest
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors", "export_checkpoint"]
+__all__ = ["CheckpointError", "Manifest", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors", "export_checkpoint"]
 
-FORMAT = "workbench-checkpoint"
-FORMAT_VERSION = 1
-_MAX_MANIFEST_BYTES = 10 * 1024 * 1024
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says which file and why."""
-
-
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(weights, manifest)`` paths for ``x``, ``x.json`` or ``x.safetensors``."""
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -154,8 +143,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
     }
     out.update({k: v for k, v in manifest.items() if k not in ("weights", "format", "format_version")})
-    from .. import __version__
-
     out["weights"] = {
         "file": weights_path.name,
         "sha256": sha256_file(staged),
@@ -178,28 +165,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: dict[st
         raise
     os.replace(pending, manifest_path)
     return manifest_path
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a manifest (given the ``.json``, the ``.safetensors`` or the stem)."""
-    _, manifest_path = checkpoint_paths(path)
-    if not manifest_path.is_file():
-        raise CheckpointError(f"no manifest {manifest_path.name} beside {Path(path).name}: a checkpoint is a .safetensors file plus its .json manifest")
-    if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
-        raise CheckpointError(f"{manifest_path}: manifest is larger than {_MAX_MANIFEST_BYTES} bytes")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{manifest_path}: not a valid JSON manifest ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{manifest_path}: manifest must be a JSON object")
-    for key, typ in (("architecture", str), ("kwargs", dict), ("weights", dict)):
-        if not isinstance(manifest.get(key), typ):
-            raise CheckpointError(f"{manifest_path}: manifest lacks a valid {key!r} field")
-    if not isinstance(manifest["weights"].get("sha256"), str):
-        raise CheckpointError(f"{manifest_path}: manifest lacks weights.sha256")
-    manifest["_path"] = str(manifest_path)
-    return manifest
 
 
 def _check_safetensors(path: Path) -> None:
@@ -240,7 +205,7 @@ def _roll_forward(manifest_path: Path, digest: str) -> dict[str, Any] | None:
     return candidate
 
 
-def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Manifest]:
     """Load a checkpoint saved by :func:`save_checkpoint`.
 
     Args:
@@ -248,7 +213,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         device: where to put the model.
 
     Returns:
-        ``(model, manifest)``: the model in eval mode with float32 weights.
+        ``(model, manifest)``: the model in eval mode with float32 weights, and its
+        :class:`~workbench.io.manifest.Manifest` (typed accessors such as ``manifest.test_miou``;
+        also a mapping over the JSON keys, ``manifest["classes"]``, as the plain dict it used to be).
 
     Raises:
         CheckpointError: missing or invalid manifest, weights that are not
@@ -304,8 +271,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise CheckpointError(f"{weights_path.name} does not fit {manifest['architecture']} with the manifest's kwargs: " + "; ".join(parts))
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
-    model.workbench_manifest = manifest
-    return model.to(device).eval(), manifest
+    typed = Manifest.from_dict(manifest)
+    model.workbench_manifest = typed
+    return model.to(device).eval(), typed
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype | None = torch.float16, extra: dict[str, Any] | None = None) -> Path:
@@ -318,6 +286,6 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
         The new manifest path.
     """
     model, manifest = load_checkpoint(src)
-    keep = {k: v for k, v in manifest.items() if k not in ("_path", "weights", "software", "created_utc", "format", "format_version")}
+    keep = {k: v for k, v in manifest.to_dict().items() if k not in ("weights", "software", "created_utc", "format", "format_version")}
     keep.update(extra or {})
     return save_checkpoint(dst, model, keep, dtype=dtype)

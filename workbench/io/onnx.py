@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint
 from ..classes import default_normalization
 from ..models.base import MIN_INPUT_SIZE, PadCropModel
+from .checkpoint import load_checkpoint
 
 OPSET = 18
 CHECK_SIZES = ((360, 480), (97, 131))  # a CamVid frame and an odd size: the dynamic axes really are dynamic
@@ -67,12 +68,12 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, check: bool =
     """
     model, manifest = load_checkpoint(src)
     if not isinstance(model, PadCropModel):
-        raise OnnxExportError(f"{manifest.get('architecture')}: only workbench models (PadCropModel) can be exported")
+        raise OnnxExportError(f"{manifest.architecture}: only workbench models (PadCropModel) can be exported")
     if model.size_divisor > MIN_INPUT_SIZE:
         raise OnnxExportError(f"size divisor {model.size_divisor} exceeds the minimum input size {MIN_INPUT_SIZE}")
     model = model.float().eval()
-    in_chans = int(manifest.get("kwargs", {}).get("in_chans", 3))
-    norm = manifest.get("normalization") or default_normalization(in_chans)
+    in_chans = manifest.in_chans
+    norm = manifest.normalization or default_normalization(in_chans)
     graph = _ExportGraph(model, norm["mean"], norm["std"]).eval()
 
     dst = Path(dst)
@@ -105,8 +106,8 @@ def _export(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> 
         )
 
 
-def _add_metadata(path: Path, manifest: dict) -> None:
-    import onnx
+def _add_metadata(path: Path, manifest: Mapping[str, Any]) -> None:
+    import onnx  # optional (a test extra): only an export needs it
 
     proto = onnx.load(str(path))
     keep = {k: manifest[k] for k in ("architecture", "kwargs", "classes", "normalization", "dataset", "metrics") if k in manifest}
@@ -120,7 +121,7 @@ def _add_metadata(path: Path, manifest: dict) -> None:
 def check_onnx(path: str | os.PathLike, reference: nn.Module, in_chans: int, sizes=CHECK_SIZES, seed: int = 0) -> list[dict]:
     """Run the ONNX file with ONNX Runtime and compare with ``reference`` (the PyTorch export graph)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional (a test extra): only the check needs it
     except ImportError as exc:
         raise OnnxExportError("onnxruntime is not installed (pip install onnxruntime), so the export cannot be checked; pass check=False / --no-check to skip") from exc
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

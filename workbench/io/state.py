@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from .checkpoint import atomic_save_tensors
+
 __all__ = ["pack", "unpack", "save_state", "load_state"]
 
 
@@ -73,8 +75,6 @@ def _hashable(k: Any) -> Any:
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` atomically to ``path`` (a ``.safetensors`` file)."""
-    from .checkpoint import atomic_save_tensors
-
     tensors, skeleton = pack(state)
     atomic_save_tensors(Path(path), tensors, {"format": "workbench-train-state", "skeleton": json.dumps(skeleton)})
 
