@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.encoders import DEFAULT_ENCODER, TimmEncoder
-from workbench.models.base import ConvBNAct, SegmentationModel
-from workbench.models.upsampling import make_upsample
+from workbench import DEFAULT_ENCODER, ConvBNAct, SegmentationModel, TimmEncoder, make_upsample, register_architecture
 
 __all__ = ["ContextModule", "DilatedDecoder", "CONTEXT_DILATIONS"]
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.base import ConvBNAct, SegmentationModel
+from workbench import ConvBNAct, SegmentationModel, register_architecture
 
 __all__ = ["ConvStack"]
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.decoders import DEFAULT_DECODER_CHANNELS, build_unet
-from workbench.models.encoders import DEFAULT_ENCODER, TimmEncoder
+from workbench import DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, TimmEncoder, build_unet, register_architecture
 
 __all__ = ["ResidualBlock", "ResidualEncoder"]
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import segmentation_models_pytorch as smp
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.encoders import DEFAULT_ENCODER
-from workbench.models.base import WrappedModel
+from workbench import DEFAULT_ENCODER, WrappedModel, register_architecture
 
 __all__ = ["SMP_ARCHITECTURES"]
 

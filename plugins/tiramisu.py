@@ -14,10 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.encoders import TimmEncoder
-from workbench.models.base import SegmentationModel
-from workbench.models.upsampling import make_upsample
+from workbench import SegmentationModel, TimmEncoder, make_upsample, register_architecture
 
 __all__ = ["VARIANTS", "TiramisuConfig", "DenseBlock", "FCDenseNetEncoder", "TiramisuDecoder"]
 

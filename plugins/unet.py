@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.decoders import DEFAULT_DECODER_CHANNELS, build_unet
-from workbench.models.encoders import DEFAULT_ENCODER
+from workbench import DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, build_unet, register_architecture
 
 
 @register_architecture(

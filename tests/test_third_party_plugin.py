@@ -326,6 +326,59 @@ def test_guide_example_passes_the_generic_checks(check, arch_list, extra, guide_
     _run_generic_check("my_net", check, arch_list, extra, request)
 
 
+# --------------------------------------------------------------------------- a plugin written against the old guide
+
+# The one-file plugin as docs/plugins.md showed it before the building blocks were importable from `workbench`
+# itself (they then lived in workbench/encoders.py, model.py, upsampling.py, decoders.py): it must keep working.
+OLD_GUIDE_PLUGIN = '''
+"""my_old_net: the guide's summed multi-scale scores, with the imports of the old guide."""
+import torch.nn as nn
+
+from workbench import register_architecture
+from workbench.decoders import DEFAULT_DECODER_CHANNELS, build_unet
+from workbench.encoders import DEFAULT_ENCODER, TimmEncoder
+from workbench.model import ConvBNAct, DoubleConv, SegmentationModel
+from workbench.upsampling import METHODS, MaxUnpool, make_upsample
+
+
+class SumDecoder(nn.Module):
+    def __init__(self, channels, reductions, num_classes, upsample):
+        super().__init__()
+        levels = list(zip(channels, reductions))[::-1]
+        self.scores = nn.ModuleList(nn.Sequential(ConvBNAct(c, c), nn.Conv2d(c, num_classes, 1)) for c, _ in levels)
+        self.ups = nn.ModuleList(make_upsample(upsample, num_classes, num_classes, r) for _, r in levels)
+
+    def forward(self, features, image):
+        return sum(up(score(f), guide=image) for f, score, up in zip(features[::-1], self.scores, self.ups))
+
+
+@register_architecture("my_old_net", title="Old-guide plugin", default_encoder=DEFAULT_ENCODER, default_upsample="bilinear")
+def my_old_net(*, num_classes, in_chans=3, encoder=DEFAULT_ENCODER, upsample="bilinear", encoder_weights=None):
+    assert "bilinear" in METHODS and DoubleConv and MaxUnpool and len(DEFAULT_DECODER_CHANNELS) == 5 and build_unet
+    enc = TimmEncoder(encoder, in_chans=in_chans, weights=encoder_weights)
+    dec = SumDecoder(enc.channels, enc.reductions, num_classes, upsample)
+    return SegmentationModel(enc, dec, nn.Identity(), size_divisor=max(enc.reductions))
+'''
+
+
+def test_plugin_written_against_the_old_guide_still_works(isolated_registry, tmp_path, monkeypatch):
+    folder = tmp_path / "old_plugins"
+    folder.mkdir()
+    (folder / "my_old_net.py").write_text(OLD_GUIDE_PLUGIN)
+    monkeypatch.setenv("WORKBENCH_PLUGIN_PATH", str(folder))
+    workbench.load_plugins(reload=True)
+    assert workbench.plugin_errors() == {}
+    assert workbench.get_architecture("my_old_net").title == "Old-guide plugin"
+    model = workbench.create_model("my_old_net", num_classes=3, encoder="test_resnet", upsample="pixel_shuffle").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 45, 70)).shape == (1, 3, 45, 70)
+    # the old modules are aliases of the new ones: the same classes, not copies
+    from workbench import decoders, encoders, model as old_model, upsampling
+
+    assert encoders.TimmEncoder is workbench.TimmEncoder and old_model.SegmentationModel is workbench.SegmentationModel
+    assert upsampling.make_upsample is workbench.make_upsample and decoders.build_unet is workbench.build_unet
+
+
 # --------------------------------------------------------------------------- a real pip install
 
 
@@ -360,7 +413,7 @@ def test_registry_is_restored():
     # runs after the tests above in file order: nothing they registered or imported is left behind
     names = workbench.list_architectures()
     assert BUILTIN <= set(names)
-    assert "my_net" not in names
+    assert "my_net" not in names and "my_old_net" not in names
     if not _really_installed():
         assert ARCH not in names
         assert MODULE not in sys.modules

@@ -18,6 +18,7 @@ import inspect
 import sys
 import threading
 import traceback
+import types
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ..paths import plugins_dirs
+from .upsampling import canonical_upsample
 
 __all__ = [
     "ArchitectureInfo",
@@ -168,8 +170,6 @@ def load_plugins(*, reload: bool = False) -> None:
                 del sys.modules[mod]
         _LOADED = True
         if "workbench_plugins" not in sys.modules:
-            import types
-
             pkg = types.ModuleType("workbench_plugins")
             pkg.__path__ = []  # namespace for plugin modules loaded by path
             sys.modules["workbench_plugins"] = pkg
@@ -274,8 +274,6 @@ def create_model(
         encoder = info.default_encoder
     if upsample is None:
         upsample = info.default_upsample
-
-    from .upsampling import canonical_upsample  # local import: keeps registry import light
 
     resolved: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "encoder": encoder}
     if upsample is not None:

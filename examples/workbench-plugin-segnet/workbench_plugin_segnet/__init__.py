@@ -19,10 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from workbench import register_architecture
-from workbench.models.encoders import TimmEncoder
-from workbench.models.base import ConvBNAct, SegmentationModel
-from workbench.models.upsampling import make_upsample
+from workbench import ConvBNAct, SegmentationModel, TimmEncoder, make_upsample, register_architecture
 
 __all__ = ["SegNetEncoder", "SegNetDecoder", "segnet", "VGG_DEPTHS"]
 __version__ = "0.1.0"
