@@ -305,6 +305,11 @@ class Manifest(MutableMapping):
         return _dict(self.training).get("epochs_completed")
 
     @property
+    def training_config(self) -> dict[str, Any]:
+        """``training.config``: every option of the run (``border_weights``, ``crop``, ``loss``, ...), or ``{}``."""
+        return _dict(_dict(self.training).get("config"))
+
+    @property
     def init_epochs(self) -> list[int]:
         """Epochs of every run in the ``--init-from`` chain, the first run first (empty if trained in one run)."""
         chain: list[int] = []
