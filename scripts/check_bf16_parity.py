@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import workbench  # noqa: E402
 import torch  # noqa: E402
 
-from workbench.tools.bench import time_model  # noqa: E402
+from workbench.tools.timing import time_model  # noqa: E402
 from workbench.io.checkpoint import read_manifest  # noqa: E402
 from workbench.inference.parity import PARITY_OVERALL, PARITY_WORST_IMAGE, label_agreement, parity_holds  # noqa: E402
 from workbench.paths import resolve_data_root  # noqa: E402
