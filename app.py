@@ -4,7 +4,7 @@
 """
 
 if __name__ == "__main__":
-    from workbench.tools.allocator import reexec_with_allocator
+    from workbench.system.allocator import reexec_with_allocator
 
     reexec_with_allocator()  # restart once with a caching allocator, before torch loads (see allocator.py)
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import workbench  # noqa: E402
 import torch  # noqa: E402
 
-from workbench.tools.timing import time_model  # noqa: E402
-from workbench.io.checkpoint import read_manifest  # noqa: E402
+from workbench.inference.timing import time_model  # noqa: E402
+from workbench.io.manifest import Manifest  # noqa: E402
 from workbench.inference.parity import PARITY_OVERALL, PARITY_WORST_IMAGE, label_agreement, parity_holds  # noqa: E402
 from workbench.paths import resolve_data_root  # noqa: E402
 
@@ -38,13 +38,13 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="record the result in the manifests")
     a = p.parse_args()
     for path in a.manifests:
-        man = read_manifest(path)
-        ds = man["dataset"]["name"]
+        man = Manifest.read(path)
+        ds = man.dataset_name
         images = sorted((resolve_data_root() / ds / "test").glob("*.png"))[::24]
         model, _ = workbench.load_checkpoint(path)
         agree = label_agreement(model, images, precision="bf16")
         overall = sum(agree) / len(agree)
-        x = torch.zeros(1, man["kwargs"]["in_chans"], 360, 480)
+        x = torch.zeros(1, man.in_chans, 360, 480)
         ms = {p: statistics.median(time_model(model, x, torch.device("cpu"), p, warmup=2, repeats=10)) for p in ("fp32", "bf16")}
         # only an fp32 pin changes what "auto" runs
         precision = "auto" if parity_holds(agree) and ms["bf16"] < ms["fp32"] else "fp32"

@@ -1,4 +1,4 @@
-"""The caching allocator the CLI and the app restart themselves with (``workbench.tools.allocator``)."""
+"""The caching allocator the CLI and the app restart themselves with (``workbench.system.allocator``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.tools.allocator import ENV, JEMALLOC_CONF, MARK, active_allocator, find_library, preload_env
+from workbench.system.allocator import ENV, JEMALLOC_CONF, MARK, active_allocator, find_library, preload_env
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLED = {k: find_library(k) for k in ("tcmalloc", "jemalloc")}
@@ -66,14 +66,14 @@ def test_find_library_searches_the_given_dirs_in_order(tmp_path):
 
 def test_the_package_imports_without_torch():
     """The CLI re-executes itself before torch loads; `import workbench` must not load it first."""
-    code = "import sys, workbench, workbench.cli, workbench.tools.allocator; assert 'torch' not in sys.modules, 'torch loaded'; workbench.create_model; assert 'torch' in sys.modules"
+    code = "import sys, workbench, workbench.cli, workbench.system.allocator; assert 'torch' not in sys.modules, 'torch loaded'; workbench.create_model; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 SCRIPT = (
     "import os, sys\n"
     "print('start', os.getpid(), flush=True)\n"
-    "from workbench.tools.allocator import reexec_with_allocator, active_allocator\n"
+    "from workbench.system.allocator import reexec_with_allocator, active_allocator\n"
     "reexec_with_allocator()\n"
     "import torch\n"
     "print('run', os.getpid(), active_allocator(), sys.argv[1:], flush=True)\n"

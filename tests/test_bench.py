@@ -148,7 +148,7 @@ def test_loss_bench_times_every_term_and_checks_lovasz_against_smp():
 def test_allocator_bench_runs_each_allocator_in_its_own_process():
     import json
 
-    from workbench.tools.allocator import find_library
+    from workbench.system.allocator import find_library
 
     result = bench_training.run_allocator_bench(["naive"], batch_size=2, train_size=(32, 32), size=(32, 32), repeats=1)
     ran = [r["allocator"] for r in result["rows"]]  # each row's allocator is what its process had loaded

@@ -59,7 +59,7 @@ def test_requirements_txt_agrees_with_pyproject():
 def test_packages_txt_installs_an_allocator_the_app_finds():
     """A Space installs packages.txt with apt; the library it brings must be one allocator.py looks for,
     under the file name Debian's package installs (libtcmalloc-minimal4 -> libtcmalloc_minimal.so.4)."""
-    from workbench.tools.allocator import KINDS, PACKAGES
+    from workbench.system.allocator import KINDS, PACKAGES
 
     packages = [ln.strip() for ln in (ROOT / "packages.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     kind_of = {pkg: kind for kind, pkg in PACKAGES.items()}  # the packages allocator.py names (.ci/run, its errors)

@@ -21,7 +21,7 @@ import importlib
 __version__ = "0.1.0"
 
 # Every public name -> the module that defines it, imported on first use: `import workbench` loads no
-# torch (the CLI re-executes itself with another allocator before torch is loaded, see tools/allocator.py).
+# torch (the CLI re-executes itself with another allocator before torch is loaded, see system/allocator.py).
 _LAZY = {
     # the registry
     **dict.fromkeys(["ArchitectureInfo", "UnknownChoiceError", "create_model", "get_architecture", "list_architectures", "load_plugins", "plugin_errors", "register_architecture"], "models.registry"),

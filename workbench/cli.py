@@ -1,7 +1,7 @@
 """The ``workbench`` command line (also ``python -m workbench``): the argument parser and the dispatch.
 
 Importing this module loads no torch, and nothing here may change that: the console script imports it,
-and :func:`main` first re-executes the process with a caching allocator (:mod:`workbench.tools.allocator`),
+and :func:`main` first re-executes the process with a caching allocator (:mod:`workbench.system.allocator`),
 which only works before torch is loaded. So every command names its handler as a ``"module:function"``
 string, imported by :func:`_resolve` only when that command runs. The handlers live beside their code
 (``tools/bench.py``, ``data/fetch.py``, ...) or, for the small commands, in :mod:`workbench.commands`.
@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from .tools.allocator import reexec_with_allocator
+from .system.allocator import reexec_with_allocator
 
 __all__ = ["main", "build_parser"]
 

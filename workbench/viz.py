@@ -187,7 +187,7 @@ def error_map(pred: np.ndarray, target: np.ndarray, image: np.ndarray | None = N
 
 @lru_cache(maxsize=4)
 def _lut(name: str) -> np.ndarray:
-    import matplotlib
+    import matplotlib  # on first use only: importing matplotlib costs ~0.3 s and viz is imported by every tab
 
     cmap = matplotlib.colormaps[name]
     return (cmap(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
@@ -213,8 +213,6 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def fit_for_display(arr: np.ndarray, max_side: int, labels: bool = False) -> np.ndarray:
     """Shrink an image (bilinear) or a label map (nearest) so its longer side is at most ``max_side``."""
-    from PIL import Image
-
     a = np.asarray(arr)
     h, w = a.shape[:2]
     scale = max_side / max(h, w)

@@ -61,30 +61,6 @@ def default_selection() -> list[str]:
     return [a for a in CLASSIC if a in names and a != "fcn16s"]
 
 
-# --- manifest fields the app shows (one place, until the typed Manifest replaces the dict digging)
-
-
-def manifest_test_miou(man: dict) -> float | None:
-    """The CamVid test mIoU recorded in a manifest (``workbench eval --split test``), or None."""
-    return ((man.get("metrics") or {}).get("test") or {}).get("miou")
-
-
-def manifest_cpu_latency_ms(man: dict) -> float | None:
-    """The CPU latency at 360x480 recorded by ``workbench eval --cost``, or None."""
-    return (man.get("cost") or {}).get("cpu_latency_ms")
-
-
-def manifest_dataset(man: dict) -> str | None:
-    """The dataset a checkpoint was trained on (a name, or a dict with one)."""
-    ds = man.get("dataset")
-    return ds.get("name") if isinstance(ds, dict) else ds
-
-
-def manifest_border_weights(man: dict) -> bool:
-    """Whether the checkpoint was trained with the U-Net border weight map."""
-    return bool(((man.get("training") or {}).get("config") or {}).get("border_weights"))
-
-
 # --- examples and uploads
 
 

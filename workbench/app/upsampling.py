@@ -8,7 +8,7 @@ import numpy as np
 from workbench import lab, viz
 from workbench.inference.predictor import Predictor
 
-from .common import HEAVY, LIGHT, manifest_cpu_latency_ms, manifest_test_miou, raw_upload, read_upload
+from .common import HEAVY, LIGHT, raw_upload, read_upload
 
 __all__ = ["LAB_FACTORS", "LAB_TABLE_HEADERS", "LAB_VARIANT_HEADERS", "build", "lab_constant_input", "lab_operators", "lab_overlap", "lab_trained"]
 
@@ -124,8 +124,7 @@ def lab_trained(image_path: str | None) -> tuple[list, list, str]:
             table.append([path.stem, method, "-", "-", "-", f"error: {type(exc).__name__}: {exc}"])
             continue
         man = _LAB_PREDICTORS[method].manifest
-        miou = manifest_test_miou(man)
-        cpu = manifest_cpu_latency_ms(man)
+        miou, cpu = man.test_miou, man.cpu_latency_ms
         score = lab.checkerboard_score(pred.probs_work, 2)
         gallery.append((viz.colorize(pred.labels, pred.classes), f"{method} · test mIoU {'-' if miou is None else f'{100 * miou:.1f}'} · checkerboard {score:.2e}"))
         table.append([path.stem, method, "-" if miou is None else f"{100 * miou:.1f}", f"{score:.2e}", f"{pred.latency_ms:.0f}", "-" if cpu is None else f"{cpu:.0f}"])

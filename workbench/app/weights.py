@@ -14,10 +14,10 @@ from workbench.data.datasets import DatasetError, build_dataset
 from workbench.evaluation import leaderboard as lb
 from workbench.evaluation.metrics import foreground_iou, pixel_error, rand_error
 from workbench.inference.predictor import Predictor
-from workbench.io.checkpoint import CheckpointError, read_manifest
+from workbench.io.manifest import CheckpointError, Manifest
 from workbench.paths import bundled_path, checkpoints_dir
 
-from .common import HEAVY, LIGHT, manifest_border_weights, manifest_dataset
+from .common import HEAVY, LIGHT
 
 __all__ = ["build", "camvid_class_weights", "class_weights_view", "isbi_predictors", "isbi_view"]
 
@@ -61,12 +61,12 @@ def isbi_predictors() -> dict[str, Predictor]:
     if not _ISBI:
         for path in sorted(checkpoints_dir().glob("*.json")):
             try:
-                man = read_manifest(path)
+                man = Manifest.read(path)
             except CheckpointError:
                 continue
-            if manifest_dataset(man) != "isbi":
+            if man.dataset_name != "isbi":
                 continue
-            key = "with" if manifest_border_weights(man) else "without"
+            key = "with" if man.training_config.get("border_weights") else "without"
             _ISBI.setdefault(key, Predictor(path, "cpu", precision="fp32"))
     return _ISBI
 

@@ -15,7 +15,7 @@ import torch
 
 from ..classes import default_normalization
 from ..io.checkpoint import atomic_write_bytes
-from ..tools.machine import machine_description
+from ..system.machine import machine_description
 from .datasets import build_dataset
 from .loaders import build_train_loader
 

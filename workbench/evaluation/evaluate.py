@@ -53,8 +53,8 @@ from ..io.checkpoint import load_checkpoint
 from ..models.anatomy import count_flops
 from ..models.base import MIN_INPUT_SIZE
 from ..paths import resolve_data_root
-from ..tools.machine import machine_description
-from ..tools.timing import time_model
+from ..system.machine import machine_description
+from ..inference.timing import time_model
 from .metrics import foreground_iou, pixel_error, rand_scores, segmentation_metrics
 from .tta import as_pair, check_scales, predict_probs
 from .validate import Scored, accumulate_confusion, plain_tensor
@@ -330,22 +330,20 @@ def evaluate_checkpoint(
             and dataset that do not fit together.
     """
     model, manifest = load_checkpoint(path)
-    kwargs = manifest.get("kwargs", {})
-    ds_field = manifest.get("dataset")
-    trained_on = ds_field.get("name") if isinstance(ds_field, dict) else ds_field if isinstance(ds_field, str) else None
+    trained_on = manifest.dataset_name
     if dataset is None:
         dataset = trained_on
         if not dataset:
             raise EvaluationError(f"{Path(path).name}: the manifest names no dataset (field dataset.name); pass one (--dataset)")
     options: dict = {}
-    if isinstance(dataset, str) and dataset == trained_on and isinstance(ds_field, dict) and isinstance(ds_field.get("options"), dict):
-        options.update(ds_field["options"])  # the training run's options (folder path, synthetic size, ...)
+    if isinstance(dataset, str) and dataset == trained_on and isinstance(manifest.dataset_info.get("options"), dict):
+        options.update(manifest.dataset_info["options"])  # the training run's options (folder path, synthetic size, ...)
     options.update(dataset_options or {})
     if isinstance(dataset, str):
         ds_name = dataset
         if ds_name == "synthetic":
-            options.setdefault("num_classes", int(kwargs.get("num_classes")))
-        norm = manifest.get("normalization") or default_normalization(int(kwargs.get("in_chans", 3)))
+            options.setdefault("num_classes", manifest.num_classes)
+        norm = manifest.normalization or default_normalization(manifest.in_chans)
         ds = _build_dataset(ds_name, split, data_root, norm["mean"], norm["std"], options)
         root = str(resolve_data_root(data_root)) if ds_name not in ("synthetic", "folder") else None
     else:
@@ -353,14 +351,14 @@ def evaluate_checkpoint(
         ds_name = str(getattr(ds, "name", type(ds).__name__))
         split = str(getattr(ds, "split", split))
         root = None
-    in_chans = int(kwargs.get("in_chans", 3))
+    in_chans = manifest.in_chans
     ds_in = getattr(ds, "in_chans", None)
     if ds_in is not None and int(ds_in) != in_chans:
         raise EvaluationError(f"{Path(path).name} takes {in_chans}-channel input but dataset {ds_name!r} has {ds_in} channels")
     res = evaluate_model(
         model,
         ds,
-        classes=manifest.get("classes"),
+        classes=manifest.classes,
         flip=flip,
         window=window,
         stride=stride,
@@ -376,9 +374,9 @@ def evaluate_checkpoint(
     if cost:
         res["cost"] = model_cost(model, in_chans, precision=checkpoint_precision(manifest, "auto", torch.device("cpu")))
     out: dict[str, Any] = {
-        "checkpoint": str(Path(manifest["_path"])),
+        "checkpoint": str(manifest.path),
         "architecture": manifest["architecture"],
-        "kwargs": kwargs,
+        "kwargs": manifest.kwargs,
         "num_parameters": manifest.get("num_parameters"),
         "dataset": ds_name,
         "split": split,

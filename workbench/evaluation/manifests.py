@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..io.checkpoint import CheckpointError, atomic_write_bytes, read_manifest
+from ..io.manifest import Manifest
 from .evaluate import EvaluationError
 from .report import jsonable
 
@@ -71,12 +72,12 @@ def collect_checkpoints(paths: Iterable[str | os.PathLike]) -> tuple[list[Path],
             warnings.append(f"{s}: no file matches")
         for p in expanded:
             try:
-                manifest = read_manifest(p)
+                manifest = Manifest.read(p)
             except CheckpointError as exc:
                 warnings.append(f"skipping {p}: not a checkpoint ({exc})")
                 continue
-            key = str(Path(manifest["_path"]).resolve())
+            key = str(manifest.path.resolve())
             if key not in seen:
                 seen.add(key)
-                out.append(Path(manifest["_path"]))
+                out.append(manifest.path)
     return out, warnings

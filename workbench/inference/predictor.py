@@ -27,6 +27,7 @@ from ..io.checkpoint import load_checkpoint
 from ..io.images import load_image
 from ..io.manifest import Manifest
 from ..models.base import MIN_INPUT_SIZE
+from ..system.machine import cpu_supports_bf16
 from .fold import optimize_for_inference
 
 __all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "checkpoint_precision", "autocast_context"]
@@ -38,14 +39,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

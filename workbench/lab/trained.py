@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.predictor import Predictor
-from ..io.checkpoint import CheckpointError, read_manifest
+from ..io.manifest import CheckpointError, Manifest
 from ..models.upsampling import canonical_upsample
 from ..paths import checkpoints_dir
 from .scores import checkerboard_score
@@ -36,12 +36,12 @@ def variant_checkpoints(folder=None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            man = read_manifest(path)
+            man = Manifest.read(path)
         except CheckpointError:
             continue
-        if not man.get("upsampling_lab"):
+        if not man.in_upsampling_lab:
             continue
-        up = (man.get("kwargs") or {}).get("upsample")
+        up = man.upsample
         try:
             method = canonical_upsample(up) if up is not None else path.stem.removeprefix("upsampling_unet_")
         except ValueError:
@@ -56,18 +56,18 @@ def variant_table(checkpoints: list, images: list, *, device: str = "auto", stri
     probability maps over ``images`` (paths or arrays), one dict per checkpoint."""
     rows = []
     for path in checkpoints:
-        man = read_manifest(path)
+        man = Manifest.read(path)
         pred = Predictor(path, device)
         scores = [checkerboard_score(pred.predict(im).probs_work, stride) for im in images]
-        up = (man.get("kwargs") or {}).get("upsample")
+        up = man.upsample
         rows.append(
             {
                 "name": Path(path).stem,
                 "method": canonical_upsample(up) if up is not None else "?",
-                "miou": ((man.get("metrics") or {}).get("test") or {}).get("miou"),
+                "miou": man.test_miou,
                 "checkerboard": float(np.mean(scores)) if scores else None,
-                "cpu_latency_ms": (man.get("cost") or {}).get("cpu_latency_ms"),
-                "num_parameters": man.get("num_parameters"),
+                "cpu_latency_ms": man.cpu_latency_ms,
+                "num_parameters": man.num_parameters,
             }
         )
     return rows

@@ -32,8 +32,8 @@ from ..paths import resolve_data_root
 from .bench_engines import engines_to_markdown, run_engine_bench
 from .bench_request import CLASSIC, end_to_end_latency, profile_request, request_to_markdown
 from .bench_training import allocators_to_markdown, losses_to_markdown, run_allocator_bench, run_loss_bench, run_train_bench, train_to_markdown
-from .machine import machine_description, machine_line
-from .timing import fmt_ms, latency_stats, matmul_peak_gflops, time_model
+from ..system.machine import machine_description, machine_line
+from ..inference.timing import fmt_ms, latency_stats, matmul_peak_gflops, time_model
 
 __all__ = ["run_bench", "smp_reference", "to_markdown", "run_encoder_bench", "encoders_to_markdown", "markdown_for", "main"]
 

@@ -17,8 +17,8 @@ import torch
 from ..inference.fold import optimize_for_inference
 from ..inference.predictor import autocast_context, resolve_precision
 from ..models.registry import create_model
-from .machine import machine_description, machine_line
-from .timing import time_model
+from ..system.machine import machine_description, machine_line
+from ..inference.timing import time_model
 
 __all__ = ["run_engine_bench", "engines_to_markdown"]
 

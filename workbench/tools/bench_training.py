@@ -21,9 +21,9 @@ from ..inference.fold import optimize_for_inference
 from ..inference.predictor import autocast_context, resolve_device, resolve_precision
 from ..models.registry import create_model
 from ..training.losses import LOSSES, build_loss
-from .allocator import ENV, MARK, active_allocator, find_library
-from .machine import machine_description, machine_line
-from .timing import fmt_ms, latency_stats, time_model
+from ..system.allocator import ENV, MARK, active_allocator, find_library
+from ..system.machine import machine_description, machine_line
+from ..inference.timing import fmt_ms, latency_stats, time_model
 
 __all__ = [
     "ALLOCATORS",
@@ -197,7 +197,7 @@ def run_allocator_bench(names: list[str], *, batch_size: int = 8, train_size=(22
         env = {k: v for k, v in os.environ.items() if k not in (MARK, "LD_PRELOAD")} | {ENV: alloc}
         for name in names:
             code = (
-                "from workbench.tools.allocator import reexec_with_allocator\n"
+                "from workbench.system.allocator import reexec_with_allocator\n"
                 "reexec_with_allocator()\n"
                 "import json\n"
                 "from workbench.tools.bench_training import allocator_probe\n"

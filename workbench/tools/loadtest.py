@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +107,6 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5) -> s
 
     The example cache is off (``WORKBENCH_EXAMPLE_CACHE=0``): every request does, and is timed for, the real work.
     """
-    import urllib.request
-
     env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")
     cmd = [sys.executable, "-m", "workbench", "app", "--port", str(port)]  # as `workbench app`: allocator re-exec, then the app
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

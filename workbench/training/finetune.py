@@ -40,10 +40,9 @@ def init_weights(model: nn.Module, path: str) -> dict[str, Any]:
         diff = ", ".join(f"{k}: run {a.get(k)!r} vs checkpoint {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
         raise ValueError(f"--init-from {path}: the checkpoint's {have['architecture']} differs from this run's ({diff}); pass the same --encoder/--upsample/--model-kwargs")
     model.load_state_dict(source.state_dict(), strict=True)
-    val = ((manifest.get("metrics") or {}).get("val") or {}).get("miou")
     return {
-        "checkpoint": Path(manifest["_path"]).name,
-        "weights_sha256": manifest["weights"]["sha256"],
-        "val_miou": val,
-        "training": manifest.get("training"),  # the run that made the start weights: command, config, epochs, hardware
+        "checkpoint": Path(manifest.path).name,
+        "weights_sha256": manifest.sha256,
+        "val_miou": manifest.val_miou,
+        "training": manifest.training,  # the run that made the start weights: command, config, epochs, hardware
     }

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..inference.predictor import cpu_supports_bf16
+from ..system.machine import cpu_supports_bf16
 from .config import TrainConfig
 
 __all__ = ["Runtime", "setup_runtime", "seed_everything", "rng_state", "set_rng_state", "unwrap", "stop_on_signals", "shutdown_distributed"]

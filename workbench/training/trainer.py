@@ -64,7 +64,7 @@ from ..inference.predictor import autocast_context
 from ..io.checkpoint import atomic_write_bytes, save_checkpoint
 from ..io.state import load_state, save_state
 from ..models.registry import create_model
-from ..tools.machine import machine_description
+from ..system.machine import machine_description
 from .config import TrainConfig, config_from_args
 from .curves import append_metrics, ema_comparison, read_metrics, truncate_metrics
 from .finetune import init_weights

@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
-from ..inference.predictor import cpu_supports_bf16
 from .allocator import active_allocator
 
-__all__ = ["cpu_model", "machine_description", "machine_line"]
+__all__ = ["cpu_model", "cpu_supports_bf16", "machine_description", "machine_line"]
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
 
 
 def cpu_model() -> str:

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..inference.predictor import autocast_context
+from .predictor import autocast_context
 
 __all__ = ["time_model", "matmul_peak_gflops", "latency_stats", "fmt_ms"]
 
