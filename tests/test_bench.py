@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.tools import bench, bench_engines, bench_request, bench_training, machine, timing
+from workbench.inference import timing
+from workbench.system import machine
+from workbench.tools import bench, bench_engines, bench_request, bench_training
 from workbench.models.anatomy import count_parameters
 from workbench.models.registry import create_model
 
