@@ -1,6 +1,7 @@
 """Segmentation Workbench: the Hugging Face Space's app_file. The app itself is the package workbench.app.
 
-``python app.py [--host H] [--port P]`` serves it (as ``workbench app`` does).
+``python app.py [--host H] [--port P] [--engine auto|torch|openvino|onnxruntime]`` serves it (as ``workbench app``
+does; ``WORKBENCH_ENGINE`` sets the engine too).
 """
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def test_compare_renders_selected_cards_and_disagreement(street):
             assert card["visible"] is True
             assert "latency" in card["header"] and "parameters" in card["header"]
             assert "untrained" in card["header"] or "trained" in card["header"]
+            assert f'class="wb-engine"' in card["header"] and "torch fp32" in card["header"]  # the suite runs torch (conftest); fp32 on this CPU or bf16
             mask = card["mask"]
             assert mask.mode == "P" and np.asarray(mask.convert("RGB")).shape == (96, 128, 3)  # palette PNG: one byte a pixel
             assert card["overlay"].shape == (96, 128, 3)
@@ -79,12 +80,22 @@ def test_compare_renders_selected_cards_and_disagreement(street):
 
 
 def test_the_tab_maps_every_card_field_to_its_component(demo, street):
-    """The handler's keyed result becomes {component: value}: each value lands in its own architecture's card."""
+    """The handler's keyed result becomes {component: value}: each value lands in its own architecture's card.
+    It streams: first every output with the selected cards running, then one card at a time, then every output."""
     (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
     fn = demo.fns[dep["id"]].fn
-    updates = fn(street, ["fcn8s", "naive"], 0.5, progress=lambda *a, **k: None)
-    assert {c._id for c in updates} == set(dep["outputs"])
     tab = fn.__self__
+    steps = list(fn(street, ["fcn8s", "naive"], 0.5))
+    assert len(steps) == 3  # running, the first model's card, everything
+    first, middle, updates = steps
+    assert {c._id for c in first} == set(dep["outputs"])
+    for name in ("fcn8s", "naive"):
+        assert first[tab.cards[name]]["visible"] is True
+        assert "running" in first[tab.fields[name]["header"]] and first[tab.fields[name]["mask"]] is None
+    (done,) = [n for n in ("fcn8s", "naive") if tab.fields[n]["mask"] in middle]
+    assert set(middle) == {tab.cards[done], *tab.fields[done].values(), tab.agreement, tab.state}  # only that card changes
+    assert middle[tab.fields[done]["mask"]].mode == "P" and "1 of 2 models done" in middle[tab.agreement]
+    assert {c._id for c in updates} == set(dep["outputs"])
     for name in ("fcn8s", "naive"):
         assert updates[tab.cards[name]]["visible"] is True
         assert f"<code>{name}</code>" in updates[tab.fields[name]["header"]]
@@ -372,7 +383,39 @@ def test_the_cli_app_command_serves_workbench_app(monkeypatch):
     calls = []
     monkeypatch.setattr(server, "main", lambda argv=None: calls.append(argv))
     assert cli.main(["app", "--port", "7999"]) == 0
-    assert calls == [["--port", "7999"]]
+    assert cli.main(["app", "--engine", "openvino"]) == 0
+    assert calls == [["--port", "7999"], ["--engine", "openvino"]]
+
+
+def test_the_engine_reaches_the_zoo_and_the_status(monkeypatch):
+    """--engine (else WORKBENCH_ENGINE, else auto) is what every model of the app asks for, and the status says it."""
+    from workbench.app import server
+
+    seen = {}
+
+    class FakeZoo:
+        checkpoint_errors: dict = {}
+
+        def __init__(self, engine="auto"):
+            seen["engine"] = engine
+
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: None)
+    monkeypatch.setenv("WORKBENCH_WARM_EXAMPLES", "0")
+    monkeypatch.setattr(common, "_ZOO", None)
+    monkeypatch.setattr(common, "_ENGINE", None)
+    monkeypatch.setattr(common, "Zoo", FakeZoo)
+    server.main(["--port", "7997", "--engine", "onnxruntime"])
+    assert common.engine() == "onnxruntime"
+    common.zoo()
+    assert seen == {"engine": "onnxruntime"}
+    assert "Inference engine: `onnxruntime`" in common.status_markdown()
+    monkeypatch.setenv("WORKBENCH_ENGINE", "openvino")
+    server.main(["--port", "7997"])  # no --engine: the environment decides
+    assert common.engine() == "openvino"
+    monkeypatch.delenv("WORKBENCH_ENGINE")
+    assert common.engine() == "auto"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        common.set_engine("tensorrt")
 
 
 def test_launch_serves_with_the_app_settings(monkeypatch):

@@ -79,23 +79,45 @@ def test_without_camvid_the_app_offers_a_builtin_synthetic_example(monkeypatch, 
 
 
 def test_compare_reports_progress_per_model(monkeypatch, tmp_path):
-    from workbench.app import common, compare
+    from workbench.app import common, compare, segment
 
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
     calls = []
+    order = segment.run_order(["naive", "fcn32s"])  # the fastest expected first; untrained naive has no figure yet
     compare.compare(common.synthetic_example(), ["naive", "fcn32s"], 0.5, progress=lambda frac, desc=None, unit=None: calls.append((frac, desc)))
-    assert calls == [((0, 2), "running naive"), ((1, 2), "running fcn32s")]
+    assert calls == [((0, 2), f"running {order[0]}"), ((1, 2), f"running {order[1]}")]
 
 
+# A stand-in for Hugging Face's `spaces`: logs each GPU call and keeps DEPTH, the number of GPU calls running
+# (a generator function holds the GPU until it is exhausted, as ZeroGPU streams it).
 FAKE_SPACES = '''
-import json, os
-LOG = os.environ["FAKE_SPACES_LOG"]
+import functools, inspect, json, os
+LOG = os.environ.get("FAKE_SPACES_LOG")
+DEPTH = [0]
 def GPU(task=None, *, duration=None, size=None):
     def wrap(fn):
-        def gpu_fn(*args, **kwargs):
-            with open(LOG, "a") as f:
-                f.write(json.dumps({"fn": fn.__name__, "duration": duration(*args, **kwargs) if callable(duration) else duration}) + "\\n")
-            return fn(*args, **kwargs)
+        def log(args, kwargs):
+            if LOG:
+                with open(LOG, "a") as f:
+                    f.write(json.dumps({"fn": fn.__name__, "duration": duration(*args, **kwargs) if callable(duration) else duration}) + "\\n")
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gpu_fn(*args, **kwargs):
+                log(args, kwargs)
+                DEPTH[0] += 1
+                try:
+                    yield from fn(*args, **kwargs)
+                finally:
+                    DEPTH[0] -= 1
+        else:
+            @functools.wraps(fn)
+            def gpu_fn(*args, **kwargs):
+                log(args, kwargs)
+                DEPTH[0] += 1
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    DEPTH[0] -= 1
         gpu_fn.zerogpu = True
         return gpu_fn
     return wrap(task) if callable(task) else wrap
@@ -110,7 +132,7 @@ def test_zerogpu_decorates_the_model_runs_when_spaces_is_present(tmp_path):
     script = textwrap.dedent(
         """
         from workbench.app import common, compare, segment
-        assert getattr(segment.segment_all, "zerogpu", False), "segment_all is not wrapped by spaces.GPU"
+        assert getattr(segment.segment_stream, "zerogpu", False), "segment_stream is not wrapped by spaces.GPU"
         compare.compare(common.synthetic_example(), ["naive", "fcn32s", "unet"], 0.5)
         print("ok")
         """
@@ -119,7 +141,7 @@ def test_zerogpu_decorates_the_model_runs_when_spaces_is_present(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert rows == [{"fn": "segment_all", "duration": 22}]  # 10 s + 4 s per model
+    assert rows == [{"fn": "segment_stream", "duration": 22}]  # one GPU call per Compare: 10 s + 4 s per model
 
 
 def test_without_spaces_nothing_is_wrapped():
@@ -128,7 +150,8 @@ def test_without_spaces_nothing_is_wrapped():
     if gpu.spaces is not None:
         pytest.skip("the `spaces` package is installed here")
     assert gpu.on_gpu(len) is len
-    assert not hasattr(segment.segment_all, "zerogpu")
+    assert not hasattr(segment.segment_stream, "zerogpu")
+    assert gpu.GPU_FUNCTIONS["workbench.app.segment.segment_stream"] is segment.segment_stream  # listed all the same
     assert gpu.gpu_duration("x.png", ["a"] * 100) == 120  # capped
 
 
@@ -142,8 +165,8 @@ def test_example_results_are_cached_by_content(monkeypatch, tmp_path):
     monkeypatch.setattr(segment, "_EXAMPLE_CACHE", {})
     monkeypatch.setattr(segment, "_EXAMPLE_DIGESTS", set())
     calls = []
-    real = segment.segment_all
-    monkeypatch.setattr(segment, "segment_all", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = segment.segment_stream
+    monkeypatch.setattr(segment, "segment_stream", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     example = common.synthetic_example()
     segment.register_examples([example])
     copy = shutil.copy(example, tmp_path / "served_copy.png")
@@ -167,5 +190,98 @@ def test_warming_fills_the_cache_in_the_background(monkeypatch, tmp_path):
     paths = segment.register_examples(common.example_images())
     segment.warm_examples(paths, ["naive"]).join(timeout=120)
     assert len(segment._EXAMPLE_CACHE) == 1
-    monkeypatch.setattr(segment, "segment_all", lambda *a, **k: pytest.fail("not answered from the cache"))
-    compare.compare(paths[0], ["naive"], 0.5)
+    monkeypatch.setattr(segment, "segment_stream", lambda *a, **k: pytest.fail("not answered from the cache"))
+    steps = list(compare.compare_stream(paths[0], ["naive"], 0.5))  # a cached answer streams: running, then done
+    assert "running" in steps[0].cards["naive"]["header"] and steps[-1].cards["naive"]["mask"] is not None
+
+
+HANDLER_PROBE = textwrap.dedent(
+    """
+    import inspect, json, sys
+    import numpy as np
+    from PIL import Image
+    import spaces  # the stand-in: spaces.DEPTH counts the GPU calls running
+    import gradio as gr
+    from workbench.app import build_app, common
+    from workbench.inference import predictor as P, zoo as Z
+
+    current, calls = [None], []
+
+    def spy(where, real):
+        def f(*a, **k):
+            calls.append((current[0], where, spaces.DEPTH[0]))
+            return real(*a, **k)
+        return f
+
+    # every way into a network: building or running a Predictor, the zoo, the queued GPU path
+    P.Predictor.__init__ = spy("Predictor()", P.Predictor.__init__)
+    P.Predictor.predict = spy("Predictor.predict", P.Predictor.predict)
+    P.Predictor.logits = spy("Predictor.logits", P.Predictor.logits)
+    P.predict_many = spy("predict_many", P.predict_many)
+    Z.Zoo.predictor = spy("Zoo.predictor", Z.Zoo.predictor)
+    Z.Zoo.predict = spy("Zoo.predict", Z.Zoo.predict)
+
+    image = sys.argv[1]
+    Image.fromarray(np.full((64, 96, 3), 120, np.uint8)).save(image)
+
+    def value(component):
+        if isinstance(component, gr.Image):
+            return image
+        return None if isinstance(component, gr.State) else component.value
+
+    def run_every_event(demo):
+        \"\"\"Call every event handler of ``demo`` with its inputs' initial values (an image for image inputs);
+        return {handler: [calls into a network made outside a GPU call]} and the handlers that reached a network.\"\"\"
+        outside, reached = {}, set()
+        for block_fn in demo.fns.values():
+            if block_fn.fn is None:
+                continue
+            name = getattr(block_fn.fn, "__qualname__", block_fn.name)
+            current[0] = name
+            start = len(calls)
+            try:
+                out = block_fn.fn(*[value(c) for c in block_fn.inputs])
+                if inspect.isgenerator(out):
+                    list(out)
+            except Exception:  # gr.Error for missing data etc.: what ran before it still counts
+                pass
+            mine = calls[start:]
+            if mine:
+                reached.add(name)
+            bad = sorted({where for _, where, depth in mine if depth == 0})
+            if bad:
+                outside[name] = bad
+        return outside, sorted(reached)
+
+    app_outside, app_reached = run_every_event(build_app(selection=["fcn8s", "naive"]))
+
+    # the check must be able to fail: a new handler that runs a model without asking for the GPU
+    with gr.Blocks() as rogue:
+        img = gr.Image(type="filepath")
+        out = gr.Textbox()
+        def new_handler(path):
+            return str(common.zoo().predict("naive", path).labels.shape)
+        gr.Button().click(new_handler, img, out)
+    rogue_outside, _ = run_every_event(rogue)
+    print(json.dumps({"outside": app_outside, "reached": app_reached, "rogue": rogue_outside}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_every_handler_that_runs_a_network_asks_for_the_gpu(tmp_path):
+    """Every event of the built app, run under a stand-in `spaces`: whatever builds or runs a Predictor (directly,
+    through the zoo, or the queued GPU path) does so inside a @spaces.GPU call. Found by running the handlers,
+    not from a list, so a new tab's handler that forgets gpu.on_gpu fails here (the rogue handler shows it would)."""
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "__init__.py").write_text(FAKE_SPACES)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    res = subprocess.run([sys.executable, "-c", HANDLER_PROBE, str(tmp_path / "probe.png")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["outside"] == {}, f"handlers that run a network without @spaces.GPU (wrap them with workbench.app.gpu.on_gpu): {out['outside']}"
+    # the probe reached the tabs that run networks (Compare, task representation, architectures, upsampling lab, ISBI)
+    reached = " ".join(out["reached"])
+    for handler in ("CompareTab.run", "task_representation", "describe_architecture", "lab_trained"):
+        assert handler in reached, out["reached"]
+    assert "new_handler" in out["rogue"]  # an unwrapped handler is caught

@@ -10,12 +10,14 @@ import workbench
 from workbench.models.anatomy import count_flops, stage_shapes
 
 from .common import HEAVY, zoo
+from .gpu import on_gpu
 
 __all__ = ["build", "describe_architecture"]
 
 _ANATOMY_CACHE: dict[tuple, tuple] = {}
 
 
+@on_gpu(duration=20)  # builds the model (its zoo predictor, warmed up) and runs it once to read the shapes
 def describe_architecture(arch: str, height: float, width: float):
     """The Architectures tab: explanation, stage-by-stage feature-map sizes, parameters and FLOPs.
 

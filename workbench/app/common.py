@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import inspect
 import io
+import os
 import tempfile
 import threading
 import time
@@ -19,6 +21,7 @@ from PIL import Image
 
 import workbench
 from workbench.data.datasets import synthetic_sample
+from workbench.inference.predictor import Predictor
 from workbench.inference.zoo import Zoo, discover_checkpoints
 from workbench.io.checkpoint import atomic_write_bytes
 from workbench.io.images import ImageError, load_image
@@ -31,18 +34,50 @@ CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "di
 HEAVY = dict(concurrency_limit=1, concurrency_id="models")
 LIGHT = dict(concurrency_limit=4, concurrency_id="light")
 
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")  # --engine / WORKBENCH_ENGINE
+
 _ZOO: Zoo | None = None
 _ZOO_LOCK = threading.Lock()
+_ENGINE: str | None = None  # set by --engine; None: $WORKBENCH_ENGINE, else "auto"
+_ENGINE_CHOICES: dict[str, tuple[str, str, str]] = {}  # architecture -> (engine, precision, why), as they ran
+
+
+def set_engine(engine: str | None) -> None:
+    """The inference engine every model of the app asks for (``workbench app --engine``); before the zoo is made."""
+    global _ENGINE
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    _ENGINE = engine
+
+
+def engine() -> str:
+    """The engine asked for: ``--engine``, else ``$WORKBENCH_ENGINE``, else ``auto`` (the fastest that passes parity)."""
+    return _ENGINE or os.environ.get("WORKBENCH_ENGINE") or "auto"
+
+
+def _takes_engine(cls) -> bool:
+    return "engine" in inspect.signature(cls.__init__).parameters
+
+
+def engine_kwargs(cls=Predictor) -> dict:
+    """``{"engine": engine()}`` for a ``Predictor`` or ``Zoo`` that has engines (a torch-only build gets nothing:
+    it runs torch, which its cards say)."""
+    return {"engine": engine()} if _takes_engine(cls) else {}
 
 
 def zoo() -> Zoo:
-    """The app's model zoo, created on first use (models inside load lazily too)."""
+    """The app's model zoo, created on first use (models inside load lazily too), with the chosen engine."""
     global _ZOO
     if _ZOO is None:
         with _ZOO_LOCK:
             if _ZOO is None:
-                _ZOO = Zoo()
+                _ZOO = Zoo(**engine_kwargs(Zoo))
     return _ZOO
+
+
+def record_engine(name: str, engine_name: str, precision: str, reason: str) -> None:
+    """Remember which engine ran ``name`` (for :func:`status_markdown`)."""
+    _ENGINE_CHOICES[name] = (engine_name, precision, reason)
 
 
 def architectures() -> list[str]:
@@ -152,9 +187,28 @@ def clock(timings: dict | None, key: str):
             timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t) * 1e3
 
 
+def engine_markdown() -> str:
+    """Which engine was asked for, and for every model that has run so far, which engine and precision ran and why."""
+    asked = engine()
+    how = {
+        "auto": "each model runs on the fastest engine and precision whose labels match PyTorch fp32 (measured once per machine and cached)",
+        "torch": "PyTorch for every model",
+    }.get(asked, f"{asked} for every model")
+    if not _takes_engine(Zoo) and asked != "torch":
+        how = "this build has only the PyTorch engine"
+    text = f"**Inference engine: `{asked}`** (`--engine`, `WORKBENCH_ENGINE`): {how}."
+    if _ENGINE_CHOICES:
+        items = "\n".join(f"- `{n}`: {html.escape(e)} {html.escape(p)}" + (f": {html.escape(r)}" if r else "") for n, (e, p, r) in sorted(_ENGINE_CHOICES.items()))
+        text += f"\n<details><summary>Chosen so far: {len(_ENGINE_CHOICES)} model(s)</summary>\n\n{items}\n</details>"
+    else:
+        text += " Each Compare card says which engine and precision ran it (hover it for why)."
+    return text
+
+
 def status_markdown() -> str:
-    """Plugins that failed to import and checkpoints that were refused: the rest of the app works without them."""
-    parts = []
+    """The engine choice (:func:`engine_markdown`); plugins that failed to import and checkpoints that were
+    refused: the rest of the app works without them."""
+    parts = [engine_markdown()]
     plugin_errors = workbench.plugin_errors()
     if plugin_errors:
         items = "\n".join(f"- `{Path(k).name}`: {html.escape(v)}" for k, v in plugin_errors.items())

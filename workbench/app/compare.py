@@ -1,13 +1,19 @@
 """The Compare tab: every selected architecture on one image, one card each, and where they disagree.
 
 A card is described once, in :data:`CARD_FIELDS` (its components) and :func:`card_values` (what they
-show); handlers return values keyed by architecture and field name, and :class:`CompareTab` turns them
-into ``{component: value}`` updates. Nothing outside this module knows the order of the outputs.
+show, finished or still running); handlers return values keyed by architecture and field name, and
+:class:`CompareTab` turns them into ``{component: value}`` updates. Nothing outside this module knows the
+order of the outputs.
+
+Compare streams (:func:`compare_stream`): every selected card first says it is running, then each card is
+filled in as soon as its model finishes (the fastest expected first: :func:`~workbench.app.segment.run_order`),
+and the last result carries every output, which is what the ``/compare`` API returns.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,15 +21,16 @@ import gradio as gr
 import numpy as np
 
 from workbench import viz
-from workbench.classes import IGNORE_INDEX
+from workbench.classes import CAMVID_CLASSES, IGNORE_INDEX
 
 from .common import HEAVY, LIGHT, architectures, badge, clock, fast_png, raw_upload, zoo
-from .segment import cached_segment_all
+from .segment import cached_segment_stream
 
-__all__ = ["CARD_FIELDS", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "encoded_images", "render_cards", "restyle"]
+__all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "compare_stream", "encoded_images", "render_cards", "restyle"]
 
 DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large
 STATE_TTL_S = 900  # a session's cached label maps live this long
+RUNNING: dict = {"running": True}  # the result entry of a selected model that has not answered yet
 
 
 @dataclass(frozen=True)
@@ -55,17 +62,27 @@ CARD_FIELDS: tuple[CardField, ...] = (
 _FORMATS = {f.name: f.image_format for f in CARD_FIELDS}
 
 
-def _card_header(name: str, latency_ms: float | None = None, error: str | None = None, scores: dict | None = None) -> str:
+def _engine_text(res: dict) -> str:
+    """``openvino int8``: the engine and precision that ran (the reason it was chosen as the tooltip)."""
+    label = " ".join(str(v) for v in (res.get("engine"), res.get("precision")) if v)
+    reason = res.get("engine_reason") or ""
+    return f'<span class="wb-engine" title="{html.escape(reason, quote=True)}">{html.escape(label)}</span> · ' if label else ""
+
+
+def _card_header(name: str, res: dict | None = None, error: str | None = None) -> str:
     entry = zoo().entries[name]
     parts = [f"<b>{html.escape(entry.title)}</b> <code>{name}</code> {badge(entry)}"]
+    res = res or {}
     if error:
         parts.append(f'<div class="wb-error">Error: {html.escape(error)}</div>')
+    elif res.get("running"):
+        parts.append('<div class="wb-stats wb-running">⏳ running…</div>')
     else:
         params = zoo().num_parameters(name)
-        cb = f" · checkerboard <b>{scores['checkerboard']:.2e}</b>" if scores and "checkerboard" in scores else ""
-        parts.append(f'<div class="wb-stats">latency <b class="wb-latency">{latency_ms:.0f} ms</b> · {params / 1e6:.2f} M parameters{cb}</div>')
-        if scores and "miou" in scores:
-            parts.append(f'<div class="wb-stats">on this image: mIoU <b>{100 * scores["miou"]:.1f}</b> · pixel accuracy <b>{100 * scores["accuracy"]:.1f}</b> (classes present)</div>')
+        cb = f" · checkerboard <b>{res['checkerboard']:.2e}</b>" if "checkerboard" in res else ""
+        parts.append(f'<div class="wb-stats">{_engine_text(res)}latency <b class="wb-latency">{res["latency_ms"]:.0f} ms</b> · {params / 1e6:.2f} M parameters{cb}</div>')
+        if "miou" in res:
+            parts.append(f'<div class="wb-stats">on this image: mIoU <b>{100 * res["miou"]:.1f}</b> · pixel accuracy <b>{100 * res["accuracy"]:.1f}</b> (classes present)</div>')
     return "".join(parts)
 
 
@@ -73,19 +90,20 @@ def card_values(name: str, res: dict | None, image: np.ndarray | None, opacity: 
     """One card's contents: ``visible`` (the card itself) and a value for every field of :data:`CARD_FIELDS`.
 
     Args:
-        res: the architecture's entry of :func:`~workbench.app.segment.segment_all`'s results (None: not selected).
+        res: the architecture's entry of :func:`~workbench.app.segment.segment_stream`'s results (None: not
+            selected; :data:`RUNNING`: selected, not answered yet: a header saying so and no pictures).
         base: the dimmed image the error maps are drawn on (None: no ground truth, no error map).
     """
     hidden_errors = gr.update(value=None, visible=False)
     if res is None:
         return {"visible": False, "header": "", "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
-    if "error" in res:
-        return {"visible": True, "header": _card_header(name, error=res["error"]), "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
+    if "error" in res or res.get("running"):
+        return {"visible": True, "header": _card_header(name, res, error=res.get("error")), "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
     classes = zoo().predictor(name).classes
     err = viz.error_map(res["labels"], gt, ignore_index=IGNORE_INDEX, base=base) if base is not None and "miou" in res else None
     return {
         "visible": True,
-        "header": _card_header(name, res["latency_ms"], scores=res),
+        "header": _card_header(name, res),
         "mask": fast_png(viz.palette_image(res["labels"], classes)),  # a palette image PNG-encodes 5x faster than an RGB array
         "overlay": viz.overlay(image, viz.colorize(res["labels"], classes), opacity),
         "errors": gr.update(value=err, visible=err is not None),
@@ -93,10 +111,12 @@ def card_values(name: str, res: dict | None, image: np.ndarray | None, opacity: 
     }
 
 
-def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np.ndarray | None = None, names: list[str] | None = None) -> dict[str, dict]:
-    """Every card's contents, ``{architecture: card_values(...)}``, for ``names`` (default: every registered architecture)."""
+def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np.ndarray | None = None, names: list[str] | None = None, running: list[str] = ()) -> dict[str, dict]:
+    """Every card's contents, ``{architecture: card_values(...)}``, for ``names`` (default: every registered
+    architecture); those in ``running`` without a result yet say they are running."""
     base = viz.dimmed(image) if gt is not None and image is not None else None  # shared by every error map
-    return {name: card_values(name, results.get(name), image, opacity, base, gt) for name in (names if names is not None else architectures())}
+    entry = {name: RUNNING for name in running} | results
+    return {name: card_values(name, entry.get(name), image, opacity, base, gt) for name in (names if names is not None else architectures())}
 
 
 def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray | None, str]:
@@ -110,13 +130,19 @@ def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray |
 
 @dataclass
 class CompareResult:
-    """What the Compare tab shows after a run."""
+    """What the Compare tab shows after a run, or at one step of it (:func:`compare_stream`)."""
 
     cards: dict[str, dict]  # {architecture: card_values(...)}, every architecture (unselected ones hidden)
-    disagreement: np.ndarray | None  # the disagreement map (None with fewer than two results)
-    agreement: str  # the sentence under it
+    disagreement: np.ndarray | None  # the disagreement map (None with fewer than two results, or while running)
+    agreement: str  # the sentence under it (while running: how many models are done)
     ground_truth: dict  # gr.update of the ground-truth image (visible only when the image has one)
-    state: dict  # {"image", "results", "gt"}: kept in the session to restyle without rerunning models
+    state: dict  # {"image", "results", "gt", "archs"}: kept in the session to restyle without rerunning models
+    changed: tuple[str, ...] | None = None  # the cards that changed since the previous step; None: everything did
+
+    @property
+    def complete(self) -> bool:
+        """Every output is set (the first and the last step of a run; the only one :func:`compare` returns)."""
+        return self.changed is None
 
 
 # the formats Gradio writes the result's pictures in (bench --request times this encoding)
@@ -130,36 +156,62 @@ def encoded_images(result: CompareResult) -> list[tuple[Any, str]]:
     return [(v.get("value") if isinstance(v, dict) else v, fmt) for v, fmt in out]
 
 
-def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=gr.Progress(), names: list[str] | None = None) -> CompareResult:
-    """The Compare tab: segment with every selected architecture and lay out one card each.
+def compare_stream(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=None, names: list[str] | None = None) -> Iterator[CompareResult]:
+    """The Compare tab, step by step: segment with every selected architecture and lay out one card each.
 
+    Yields a complete :class:`CompareResult` with every selected card running (and the ground truth, known
+    at once), then one per finished model but the last (``changed``: that card), then the complete final result.
     ``timings`` (optional dict) receives the milliseconds spent per stage (``workbench bench --request``);
-    ``progress`` shows which model is running (Gradio fills it in; a no-op outside a request);
-    ``names``: the architectures that have a card (default: every registered one).
+    ``progress`` is told which model is running; ``names``: the architectures that have a card (default:
+    every registered one).
     """
-    image, results, gt = cached_segment_all(image_path, archs, timings, progress)
+    names = names if names is not None else architectures()
+    stream = cached_segment_stream(image_path, archs, timings, progress)
+    image, gt, _, _ = next(stream)  # bad inputs raise here, before anything is shown
     # What the browser shows (and the session keeps for restyling) is at most DISPLAY_MAX_SIDE pixels a side:
     # a 24-megapixel upload must not keep ~100 MB per session alive. Scores were computed at full size.
     with clock(timings, "fit for display"):
         image = viz.fit_for_display(image, DISPLAY_MAX_SIDE)
-        for res in results.values():
-            if "labels" in res:
-                res["labels"] = viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)
         gt = viz.fit_for_display(gt, DISPLAY_MAX_SIDE, labels=True) if gt is not None else None
-    with clock(timings, "disagreement map"):
-        dis_img, dis_text = disagreement_outputs(image, results)
     with clock(timings, "colorize, overlay, error maps, legends"):
-        gt_img = fast_png(viz.palette_image(gt, zoo().predictor(archs[0]).classes)) if gt is not None else None
-        cards = render_cards(image, results, opacity, gt, names)
-    state = {"image": image, "results": results, "gt": gt}
-    return CompareResult(cards, dis_img, dis_text, gr.update(value=gt_img, visible=gt_img is not None), state)
+        gt_img = fast_png(viz.palette_image(gt, CAMVID_CLASSES)) if gt is not None else None  # only CamVid images have one
+        base = viz.dimmed(image) if gt is not None else None  # shared by every error map
+        cards = render_cards(image, {}, opacity, gt, names, running=archs)
+    gt_update = gr.update(value=gt_img, visible=gt_img is not None)
+    results: dict[str, dict] = {}
+
+    def state() -> dict:
+        return {"image": image, "results": dict(results), "gt": gt, "archs": list(archs)}
+
+    yield CompareResult(dict(cards), None, f"⏳ Running {len(archs)} model(s)…", gt_update, state())
+    for _, _, name, res in stream:
+        if "labels" in res:
+            with clock(timings, "fit for display"):
+                res = {**res, "labels": viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)}
+        results[name] = res
+        if name in cards:
+            with clock(timings, "colorize, overlay, error maps, legends"):
+                cards[name] = card_values(name, res, image, opacity, base, gt)
+        if len(results) < len(set(archs)):  # the last card arrives with the complete result
+            yield CompareResult(dict(cards), None, f"⏳ {len(results)} of {len(archs)} models done…", gt_update, state(), changed=(name,))
+    with clock(timings, "disagreement map"):
+        dis_img, dis_text = disagreement_outputs(image, {n: results[n] for n in archs if n in results})
+    yield CompareResult(cards, dis_img, dis_text, gt_update, state())
+
+
+def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=None, names: list[str] | None = None) -> CompareResult:
+    """:func:`compare_stream` run to the end: the complete result."""
+    result = None
+    for result in compare_stream(image_path, archs, opacity, timings, progress, names):
+        pass
+    return result
 
 
 def restyle(state: dict | None, opacity: float, names: list[str] | None = None) -> dict[str, dict]:
     """Opacity changed: redraw the overlays from the cached label maps, without rerunning models."""
     if not state:
         return render_cards(None, {}, opacity, names=names)
-    return render_cards(state["image"], state["results"], opacity, state.get("gt"), names)
+    return render_cards(state["image"], state["results"], opacity, state.get("gt"), names, running=state.get("archs", ()))
 
 
 class CompareTab:
@@ -199,32 +251,40 @@ class CompareTab:
         )
 
     def card_updates(self, cards: dict[str, dict]) -> dict:
-        """``{component: value}`` for every card from :func:`render_cards`' output."""
+        """``{component: value}`` for the cards in ``cards`` (:func:`render_cards`' output, or part of it)."""
         out: dict = {}
-        for name, card in self.cards.items():
-            values = cards[name]
-            out[card] = gr.update(visible=values["visible"])
+        for name, values in cards.items():
+            if name not in self.cards:
+                continue
+            out[self.cards[name]] = gr.update(visible=values["visible"])
             out.update({comp: values[key] for key, comp in self.fields[name].items()})
         return out
 
     def updates(self, result: CompareResult) -> dict:
-        """``{component: value}`` for every output of a Compare run."""
-        return {
-            **self.card_updates(result.cards),
-            self.disagreement: result.disagreement,
-            self.agreement: result.agreement,
-            self.ground_truth: result.ground_truth,
-            self.state: result.state,
-        }
+        """``{component: value}`` for the outputs a step of a Compare run sets: every output for a complete
+        result, else the changed cards, the progress sentence and the state (the rest stays as shown)."""
+        if result.complete:
+            return {
+                **self.card_updates(result.cards),
+                self.disagreement: result.disagreement,
+                self.agreement: result.agreement,
+                self.ground_truth: result.ground_truth,
+                self.state: result.state,
+            }
+        changed = {name: result.cards[name] for name in result.changed if name in self.cards}
+        return {**self.card_updates(changed), self.agreement: result.agreement, self.state: result.state}
 
-    def run(self, image_path: str | None, archs: list[str], opacity: float, progress=gr.Progress()) -> dict:
-        """Segment the image with every selected architecture (the /compare endpoint)."""
-        return self.updates(compare(image_path, archs, opacity, progress=progress, names=self.names))
+    def run(self, image_path: str | None, archs: list[str], opacity: float) -> Iterator[dict]:
+        """Segment the image with every selected architecture, streaming each card as its model finishes
+        (the /compare endpoint: its last value is the complete result)."""
+        for result in compare_stream(image_path, archs, opacity, names=self.names):
+            yield self.updates(result)
 
     def restyle(self, state: dict | None, opacity: float) -> dict:
         return self.card_updates(restyle(state, opacity, self.names))
 
-    def wire(self) -> None:
-        """The tab's events (inside the Blocks, after the layout)."""
-        self.button.click(self.run, [self.image, self.archs, self.opacity], self.outputs, api_name="compare", **HEAVY)
+    def wire(self):
+        """The tab's events (inside the Blocks, after the layout); returns the Segment click's event (to chain on)."""
+        event = self.button.click(self.run, [self.image, self.archs, self.opacity], self.outputs, api_name="compare", **HEAVY)
         self.opacity.release(self.restyle, [self.state, self.opacity], self.card_outputs, api_name=False, **LIGHT)
+        return event

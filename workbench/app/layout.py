@@ -57,7 +57,7 @@ def build_app(examples: list[str] | None = None, selection: list[str] | None = N
             leaderboard.build(demo)
         with gr.Tab("Loss weighting"):
             weights.build()
-        compare_tab.wire()
+        compare_tab.wire().then(status_markdown, None, status, api_name=False, **LIGHT)  # which engines ran, and why
         demo.load(status_markdown, None, status, api_name=False, **LIGHT)
     # Beyond queue_size() waiting events Gradio answers "Queue is full" at once instead of letting requests pile up.
     demo.queue(max_size=queue_size(), default_concurrency_limit=1)

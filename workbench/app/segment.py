@@ -1,7 +1,8 @@
 """Running the selected models on one image, and remembering the answers for the example images.
 
-:func:`segment_all` is the one place the app runs several networks (on a ZeroGPU Space it is the
-function that asks for the GPU); :func:`cached_segment_all` answers the examples from memory.
+:func:`segment_stream` is the one place the app runs several networks, yielding each model's result as it is
+ready (on a ZeroGPU Space it is the function that asks for the GPU); :func:`cached_segment_stream` answers the
+examples from memory; the ``*_all`` forms run them to the end.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 
 import gradio as gr
 import numpy as np
@@ -22,10 +24,10 @@ from workbench.evaluation.metrics import segmentation_metrics
 from workbench.inference import predictor as _predictor
 from workbench.inference.predictor import resolve_device
 
-from .common import clock, read_upload, zoo
+from .common import clock, read_upload, record_engine, zoo
 from .gpu import on_gpu
 
-__all__ = ["cached_segment_all", "register_examples", "segment_all", "warm_examples"]
+__all__ = ["cached_segment_all", "cached_segment_stream", "register_examples", "run_order", "segment_all", "segment_stream", "warm_examples"]
 
 MAX_CACHED = 64  # example results kept: examples x selections
 
@@ -41,18 +43,71 @@ def _queue_on_gpu(archs: list[str], image, shared: dict) -> dict:
     return dict(zip(ready, _predictor.predict_many(list(ready.values()), image, shared)))
 
 
-@on_gpu
-def segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """Run every selected architecture on one image.
+# The fastest each architecture has been in this process (a Compare run's latency): the order of the next run.
+_LATENCY_MS: dict[str, float] = {}
 
-    Returns:
-        ``(image, results, ground_truth)``: the decoded RGB image,
-        ``{arch: {"labels", "latency_ms", "checkerboard"[, "miou", "accuracy"]} or {"error"}}``
-        (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the logits), and the
-        CamVid label map when the image is a CamVid image under the data root (else None).
+
+def run_order(archs: list[str]) -> list[str]:
+    """The order Compare runs ``archs`` in: the fastest expected first, so the first card comes soonest (and, by
+    the shortest-job-first rule, the average card too). Expected: the best latency measured in this process,
+    else the manifest's CPU latency (``workbench eval --cost``, measured elsewhere: scaled by the median ratio
+    of this process's figures to the manifests' where both exist). Models with neither (untrained ones) follow,
+    in selection order. The cards keep their places whatever the order."""
+    entries = zoo().entries
+
+    def manifest_ms(name: str) -> float | None:
+        entry = entries.get(name)
+        return entry.manifest.cpu_latency_ms if entry is not None and entry.trained else None
+
+    ratios = sorted(ms / m for name, ms in _LATENCY_MS.items() if (m := manifest_ms(name)))
+    scale = ratios[len(ratios) // 2] if ratios else 1.0
+    expected = {name: _LATENCY_MS.get(name, (manifest_ms(name) or 0.0) * scale or None) for name in archs}
+    return sorted(archs, key=lambda n: (expected[n] is None, expected[n] or 0.0))
+
+
+def _engine_of(name: str, pred) -> dict:
+    """Which engine and precision ran a prediction (today's Predictor: torch at its precision)."""
+    predictor = zoo().predictor(name)
+    engine = getattr(pred, "engine", None) or getattr(predictor, "engine", "torch")
+    precision = getattr(pred, "engine_precision", None) or getattr(predictor, "engine_precision", None) or predictor.precision
+    reason = getattr(predictor, "engine_reason", "") or ""
+    record_engine(name, engine, precision, reason)
+    return {"engine": engine, "precision": precision, "engine_reason": reason}
+
+
+def _score(name: str, pred, gt, pair_base, timings) -> tuple[dict, np.ndarray | None]:
+    """One model's result entry from its prediction (checkerboard, engine, scores vs the ground truth)."""
+    if timings is not None:
+        for stage, ms in pred.timings.items():
+            key = "network" if stage == "forward" else f"model {stage}"
+            timings[key] = timings.get(key, 0.0) + ms
+        timings.setdefault("per_model_forward", {})[name] = pred.timings["forward"]
+    with clock(timings, "checkerboard score"):
+        res = {"labels": pred.labels, "latency_ms": pred.latency_ms, "checkerboard": lab.checkerboard_score(pred.logits_work, 2), **_engine_of(name, pred)}
+    if gt is not None and gt.shape == pred.labels.shape and len(pred.classes) == len(CAMVID_CLASSES):  # the ground truth is CamVid's
+        with clock(timings, "scores vs ground truth"):
+            c = len(pred.classes)  # CamVid's 11: every (true, predicted) bin fits in a byte
+            if pair_base is None:  # void pixels start at bin c * c: their bins are cut off below
+                pair_base = np.where(gt < c, gt * np.uint8(c), np.uint8(c * c))
+            counts = np.bincount((pair_base + pred.labels).ravel(), minlength=256)[: c * c]
+            m = segmentation_metrics(torch.from_numpy(counts.reshape(c, c)))
+        res.update(miou=m["miou"], accuracy=m["pixel_accuracy"])
+    return res, pair_base
+
+
+@on_gpu
+def segment_stream(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> Iterator[tuple]:
+    """Run every selected architecture on one image, yielding each result as soon as it is ready.
+
+    Yields:
+        First ``(image, ground_truth, None, None)``: the decoded RGB image and the CamVid label map when the
+        image is a CamVid image under the data root (else None). Then ``(image, ground_truth, arch, result)``
+        per architecture in :func:`run_order`, ``result`` being ``{"labels", "latency_ms", "checkerboard",
+        "engine", "precision", "engine_reason"[, "miou", "accuracy"]}`` or ``{"error"}``
+        (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the logits).
 
     Raises:
-        gr.Error: no image, an image that cannot be read, or no architecture selected.
+        gr.Error: no image, an image that cannot be read, or no architecture selected (before the first yield).
     """
     if not archs:
         raise gr.Error("Select at least one architecture.")
@@ -61,36 +116,34 @@ def segment_all(image_path: str | None, archs: list[str], timings: dict | None =
         arr = np.asarray(image)
     with clock(timings, "ground truth lookup"):
         gt = find_ground_truth(image_path, arr)
-    results: dict[str, dict] = {}
+    yield arr, gt, None, None
+    order = run_order(list(archs))
     pair_base = None  # ground truth * classes, once per request: + a model's labels = its (true, predicted) confusion bin
     shared: dict = {}  # one decode and normalisation of the image for every model that reads it the same way
-    queued = _queue_on_gpu(archs, image, shared) if resolve_device(zoo().device).type == "cuda" else {}
-    for i, name in enumerate(archs):
+    # on CUDA (the torch engine) every forward pass is queued back to back first, as before streaming
+    queued = _queue_on_gpu(order, image, shared) if resolve_device(zoo().device).type == "cuda" else {}
+    for i, name in enumerate(order):
         if progress is not None:
-            progress((i, len(archs)), desc=f"running {name}", unit="models")
+            progress((i, len(order)), desc=f"running {name}", unit="models")
         try:
             pred = queued[name] if name in queued else zoo().predict(name, image, shared=shared)
             if isinstance(pred, Exception):
                 raise pred
-            if timings is not None:
-                for stage, ms in pred.timings.items():
-                    key = "network" if stage == "forward" else f"model {stage}"
-                    timings[key] = timings.get(key, 0.0) + ms
-                timings.setdefault("per_model_forward", {})[name] = pred.timings["forward"]
-            with clock(timings, "checkerboard score"):
-                res = {"labels": pred.labels, "latency_ms": pred.latency_ms, "checkerboard": lab.checkerboard_score(pred.logits_work, 2)}
-            if gt is not None and gt.shape == pred.labels.shape and len(pred.classes) == len(CAMVID_CLASSES):  # the ground truth is CamVid's
-                with clock(timings, "scores vs ground truth"):
-                    c = len(pred.classes)  # CamVid's 11: every (true, predicted) bin fits in a byte
-                    if pair_base is None:  # void pixels start at bin c * c: their bins are cut off below
-                        pair_base = np.where(gt < c, gt * np.uint8(c), np.uint8(c * c))
-                    counts = np.bincount((pair_base + pred.labels).ravel(), minlength=256)[: c * c]
-                    m = segmentation_metrics(torch.from_numpy(counts.reshape(c, c)))
-                res.update(miou=m["miou"], accuracy=m["pixel_accuracy"])
-            results[name] = res
+            res, pair_base = _score(name, pred, gt, pair_base, timings)
+            _LATENCY_MS[name] = min(float(pred.latency_ms), _LATENCY_MS.get(name, float("inf")))
         except Exception as exc:  # one failing model must not take the comparison down
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    return arr, results, gt
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        yield arr, gt, name, res
+
+
+def segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """:func:`segment_stream` run to the end: ``(image, {arch: result}, ground_truth)``, results in run order."""
+    results: dict[str, dict] = {}
+    image = gt = None
+    for image, gt, name, res in segment_stream(image_path, archs, timings, progress):
+        if name is not None:
+            results[name] = res
+    return image, results, gt
 
 
 # --- the examples' results, kept after the first run (and, on a Space, computed at start-up: server.launch).
@@ -119,10 +172,12 @@ def register_examples(paths: list[str]) -> list[str]:
     return paths
 
 
-def cached_segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None):
-    """:func:`segment_all`, answered from memory for the example images (bounded: examples x selections)."""
+def cached_segment_stream(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> Iterator[tuple]:
+    """:func:`segment_stream`, answered from memory for the example images (bounded: examples x selections):
+    a cached answer streams at once, in the order it was computed."""
     if timings is not None:  # profiling (workbench bench --request) measures the real work
-        return segment_all(image_path, archs, timings, progress)
+        yield from segment_stream(image_path, archs, timings, progress)
+        return
     digest = _digest(image_path) if _EXAMPLE_DIGESTS else None
     key = (digest, tuple(archs))
     if digest in _EXAMPLE_DIGESTS:
@@ -130,11 +185,27 @@ def cached_segment_all(image_path: str | None, archs: list[str], timings: dict |
             hit = _EXAMPLE_CACHE.get(key)
         if hit is not None:
             image, results, gt = hit
-            return image, {k: dict(v) for k, v in results.items()}, gt  # callers replace entries; keep ours
-    image, results, gt = segment_all(image_path, archs, timings, progress)
+            yield image, gt, None, None
+            for name, res in results.items():
+                yield image, gt, name, dict(res)  # callers replace entries; keep ours
+            return
+    results: dict[str, dict] = {}
+    for image, gt, name, res in segment_stream(image_path, archs, timings, progress):
+        if name is not None:
+            results[name] = dict(res)
+        yield image, gt, name, res
     if digest in _EXAMPLE_DIGESTS and len(_EXAMPLE_CACHE) < MAX_CACHED and all("error" not in r for r in results.values()):
         with _EXAMPLE_LOCK:
-            _EXAMPLE_CACHE[key] = (image, {k: dict(v) for k, v in results.items()}, gt)
+            _EXAMPLE_CACHE[key] = (image, results, gt)
+
+
+def cached_segment_all(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None):
+    """:func:`cached_segment_stream` run to the end: ``(image, {arch: result}, ground_truth)``."""
+    results: dict[str, dict] = {}
+    image = gt = None
+    for image, gt, name, res in cached_segment_stream(image_path, archs, timings, progress):
+        if name is not None:
+            results[name] = res
     return image, results, gt
 
 

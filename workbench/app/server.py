@@ -8,7 +8,7 @@ import os
 import gradio as gr
 
 from . import gpu
-from .common import default_selection, example_images
+from .common import ENGINES, default_selection, example_images, set_engine
 from .layout import build_app
 from .patches import limit_malloc_arenas
 from .segment import warm_examples
@@ -30,13 +30,15 @@ def warm_examples_enabled() -> bool:
     return os.environ.get("WORKBENCH_WARM_EXAMPLES", "1" if os.environ.get("SPACE_ID") else "0") == "1"
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, **kwargs) -> gr.Blocks:
+def launch(host: str = "127.0.0.1", port: int = 7860, engine: str | None = None, **kwargs) -> gr.Blocks:
     """Build the app and serve it (blocks until the server stops unless ``prevent_thread_lock=True``).
 
     Caps glibc's malloc arenas, builds the app (:func:`~workbench.app.build_app`), warms the examples when
     :func:`warm_examples_enabled` and calls ``demo.launch`` with the upload limit, the CSS and the session cap;
+    ``engine``: the inference engine every model asks for (None: ``$WORKBENCH_ENGINE``, else ``auto``);
     ``kwargs`` go to ``demo.launch``. Returns the Blocks.
     """
+    set_engine(engine)
     limit_malloc_arenas()
     examples, selection = example_images(), default_selection()
     demo = build_app(examples, selection)
@@ -47,15 +49,16 @@ def launch(host: str = "127.0.0.1", port: int = 7860, **kwargs) -> gr.Blocks:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python app.py [--host H] [--port P]`` and ``workbench app``."""
+    """``python app.py [--host H] [--port P] [--engine E]`` and ``workbench app``."""
     p = argparse.ArgumentParser(description="Serve the Segmentation Workbench app")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--engine", default=None, choices=ENGINES, help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto)")
     args = p.parse_args(argv)
-    launch(args.host, args.port)
+    launch(args.host, args.port, engine=args.engine)
 
 
 def cmd_app(args) -> int:
-    """``workbench app [--port P]`` (the CLI has already swapped the allocator)."""
-    main(["--port", str(args.port)] if args.port else [])
+    """``workbench app [--port P] [--engine E]`` (the CLI has already swapped the allocator)."""
+    main((["--port", str(args.port)] if args.port else []) + (["--engine", args.engine] if getattr(args, "engine", None) else []))
     return 0

@@ -8,10 +8,12 @@ import numpy as np
 from workbench import viz
 
 from .common import HEAVY, badge, raw_upload, read_upload, zoo
+from .gpu import on_gpu
 
 __all__ = ["build", "task_representation"]
 
 
+@on_gpu(duration=20)
 def task_representation(image_path: str | None, arch: str, opacity: float):
     """The Task tab: per-class probability maps (the one-hot channels), argmax map and overlay.
 

@@ -8,7 +8,8 @@ import numpy as np
 from workbench import lab, viz
 from workbench.inference.predictor import Predictor
 
-from .common import HEAVY, LIGHT, raw_upload, read_upload
+from .common import HEAVY, LIGHT, engine_kwargs, raw_upload, read_upload
+from .gpu import on_gpu
 
 __all__ = ["LAB_FACTORS", "LAB_TABLE_HEADERS", "LAB_VARIANT_HEADERS", "build", "lab_constant_input", "lab_operators", "lab_overlap", "lab_trained"]
 
@@ -104,6 +105,7 @@ def lab_constant_input(seed) -> tuple[list, list, str]:
     return gallery, table, text
 
 
+@on_gpu(duration=60)
 def lab_trained(image_path: str | None) -> tuple[list, list, str]:
     """Upsampling tab: the trained U-Net upsampling variants side by side on the image, with their numbers."""
     variants = lab.variant_checkpoints()
@@ -118,7 +120,7 @@ def lab_trained(image_path: str | None) -> tuple[list, list, str]:
     for method, path in variants.items():
         try:
             if method not in _LAB_PREDICTORS:
-                _LAB_PREDICTORS[method] = Predictor(path, "auto")
+                _LAB_PREDICTORS[method] = Predictor(path, "auto", **engine_kwargs())
             pred = _LAB_PREDICTORS[method].predict(image)
         except Exception as exc:  # one broken checkpoint must not hide the others
             table.append([path.stem, method, "-", "-", "-", f"error: {type(exc).__name__}: {exc}"])
