@@ -403,6 +403,7 @@ def test_the_engine_reaches_the_zoo_and_the_status(monkeypatch):
     monkeypatch.setenv("WORKBENCH_WARM_EXAMPLES", "0")
     monkeypatch.setattr(common, "_ZOO", None)
     monkeypatch.setattr(common, "_ENGINE", None)
+    monkeypatch.setattr(common, "_ZOOS", {})
     monkeypatch.setattr(common, "Zoo", FakeZoo)
     server.main(["--port", "7997", "--engine", "onnxruntime"])
     assert common.engine() == "onnxruntime"

@@ -107,3 +107,46 @@ def test_bad_upload_shows_an_error(server, browser, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_bad_upload.png"), full_page=True)
     page.close()
+
+
+# Installed before the click: for every card, the time its header first said "running" and the time its mask first
+# showed, from DOM mutations (so a state that lasts one frame is still seen).
+_WATCH_CARDS = """() => {
+  window.__wbSeen = {};
+  const now = () => performance.now();
+  const look = () => {
+    for (const card of document.querySelectorAll('.wb-card')) {
+      const name = card.id.replace('wb-card-', '');
+      const seen = window.__wbSeen[name] = window.__wbSeen[name] || {running: null, mask: null};
+      if (seen.running === null && card.querySelector('.wb-running')) seen.running = now();
+      const img = card.querySelector('img');
+      if (seen.running !== null && seen.mask === null && card.querySelector('.wb-latency') && img) seen.mask = now();
+    }
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
+
+
+def test_compare_streams_each_card_as_its_model_finishes(server, browser, street):
+    """Every selected card first says it is running; the fast model's card shows its mask while the slow one
+    (the Tiramisu, run last: the fastest expected go first) still says it is running."""
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    archs = ["fcn8s", "tiramisu"]
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.evaluate(_WATCH_CARDS)
+    page.locator("input[type=file]").first.set_input_files(street)
+    page.wait_for_timeout(1500)
+    for box in page.locator(".wb-archs").locator("input[type=checkbox]").all():
+        if (box.locator("xpath=..").inner_text().strip() in archs) != box.is_checked():
+            box.click()
+    for _ in range(2):  # the first request loads the models; the second is the one a user feels
+        page.evaluate("() => { window.__wbSeen = {}; }")
+        page.get_by_role("button", name="Segment").click()
+        page.wait_for_function("() => /agree on/.test(document.body.innerText) && document.querySelectorAll('.wb-card .wb-latency').length >= 2", timeout=300_000)
+    seen = page.evaluate("() => window.__wbSeen")
+    for name in archs:
+        assert seen[name]["running"] is not None, f"{name}'s card never said it was running: {seen}"
+        assert seen[name]["mask"] is not None and seen[name]["mask"] > seen[name]["running"], seen
+    assert seen["fcn8s"]["mask"] < seen["tiramisu"]["mask"], f"the cards did not stream: {seen}"  # fcn8s shown while the Tiramisu ran
+    page.close()

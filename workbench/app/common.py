@@ -36,18 +36,22 @@ LIGHT = dict(concurrency_limit=4, concurrency_id="light")
 
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")  # --engine / WORKBENCH_ENGINE
 
-_ZOO: Zoo | None = None
+_ZOO: Zoo | None = None  # the zoo of the engine in use
+_ZOOS: dict[str, Zoo] = {}  # one per engine asked for (switching back and forth reloads nothing: bench --request)
 _ZOO_LOCK = threading.Lock()
 _ENGINE: str | None = None  # set by --engine; None: $WORKBENCH_ENGINE, else "auto"
 _ENGINE_CHOICES: dict[str, tuple[str, str, str]] = {}  # architecture -> (engine, precision, why), as they ran
 
 
-def set_engine(engine: str | None) -> None:
-    """The inference engine every model of the app asks for (``workbench app --engine``); before the zoo is made."""
-    global _ENGINE
-    if engine is not None and engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    _ENGINE = engine
+def set_engine(name: str | None) -> None:
+    """The inference engine every model of the app asks for (``workbench app --engine``; None: the default).
+    Later requests use that engine's zoo (made on first use, then kept)."""
+    global _ENGINE, _ZOO
+    if name is not None and name not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
+    with _ZOO_LOCK:
+        _ENGINE = name
+        _ZOO = _ZOOS.get(engine())
 
 
 def engine() -> str:
@@ -71,7 +75,7 @@ def zoo() -> Zoo:
     if _ZOO is None:
         with _ZOO_LOCK:
             if _ZOO is None:
-                _ZOO = Zoo(**engine_kwargs(Zoo))
+                _ZOO = _ZOOS[engine()] = Zoo(**engine_kwargs(Zoo))
     return _ZOO
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .loadtest import _free_port, _start_app
 
-__all__ = ["CLASSIC", "profile_request", "end_to_end_latency", "request_to_markdown"]
+__all__ = ["CLASSIC", "browser_timing", "profile_request", "end_to_end_latency", "request_to_markdown"]
 
 
 CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")
@@ -42,23 +42,71 @@ def _encode_outputs(images) -> float:
         return (time.perf_counter() - t) * 1e3
 
 
-def profile_request(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict:
-    """The whole side-by-side request as the app's handler serves it, broken down by stage (median over ``repeats``)."""
+def _card_images(card: dict) -> list:
+    """A card's pictures with their formats, as :func:`encoded_images` lists them for a whole result."""
     app = _load_app()
-    app.compare(image_path, list(archs), 0.5)  # load and warm every model up
-    runs = []
-    for _ in range(repeats):
-        timings: dict = {}
-        t = time.perf_counter()
-        outputs = app.compare(image_path, list(archs), 0.5, timings=timings)
-        timings["handler total"] = (time.perf_counter() - t) * 1e3
-        timings["image encoding (Gradio)"] = _encode_outputs(app.encoded_images(outputs))
-        runs.append(timings)
-    stages = [k for k in runs[0] if k != "per_model_forward"]
+    return [(v.get("value") if isinstance(v, dict) else v, f.image_format) for f in app.CARD_FIELDS if f.image_format for v in [card[f.name]]]
+
+
+def _one_request(app, image_path: str, archs) -> dict:
+    """One streamed Compare request in this process: its stage timings, the time to the first finished card
+    (that card's image encoding included) and to the complete result (all of its encoding included)."""
+    timings: dict = {}
+    first, encode = None, 0.0
+    t = time.perf_counter()
+    for result in app.compare_stream(image_path, list(archs), 0.5, timings=timings):
+        if first is None and (result.changed or (result.complete and result.state["results"])):
+            done = result.changed or tuple(result.state["results"])[:1]
+            encode = _encode_outputs(_card_images(result.cards[done[0]]))
+            first = (time.perf_counter() - t) * 1e3
+    timings["handler total"] = (time.perf_counter() - t) * 1e3 - encode
+    timings["image encoding (Gradio)"] = _encode_outputs(app.encoded_images(result))
+    timings["first card"] = first
+    timings["engines"] = {name: " ".join(str(r[k]) for k in ("engine", "precision") if r.get(k)) for name, r in result.state["results"].items() if "labels" in r}
+    return timings
+
+
+def _summary(runs: list[dict]) -> dict:
+    stages = [k for k in runs[0] if k not in ("per_model_forward", "engines", "first card")]
     med = {k: statistics.median(r[k] for r in runs) for k in stages}
     per_model = {n: statistics.median(r["per_model_forward"][n] for r in runs) for n in runs[0]["per_model_forward"]}
     total = med["handler total"] + med["image encoding (Gradio)"]
-    return {"archs": list(archs), "image": str(image_path), "stages_ms": med, "per_model_forward_ms": per_model, "total_ms": total, "network_ms": med["network"], "overhead_share": 1 - med["network"] / total}
+    return {
+        "stages_ms": med,
+        "per_model_forward_ms": per_model,
+        "total_ms": total,
+        "network_ms": med["network"],
+        "overhead_share": 1 - med["network"] / total,
+        "first_card_ms": statistics.median(r["first card"] for r in runs),
+        "engines": runs[-1]["engines"],
+    }
+
+
+def profile_request(image_path: str, archs=CLASSIC, repeats: int = 5, engines=("auto", "torch")) -> dict:
+    """The whole side-by-side request as the app's handler serves it (streamed, as the app does), broken down by
+    stage, median over ``repeats``: the app's default engine (``engines[0]``) in full, and every engine of
+    ``engines`` in summary (``per_engine``), their requests interleaved in one process so they share the machine's noise.
+    ``first_card_ms``: from the call to the first finished card, encoded; ``total_ms``: the complete result, encoded."""
+    app = _load_app()
+    common = importlib.import_module("workbench.app.common")
+    asked = common.engine()
+    runs: dict[str, list] = {e: [] for e in engines}
+    try:
+        for e in engines:  # load and warm every model up (auto: the engine choice, measured once and cached on disk)
+            common.set_engine(e)
+            for name in archs:  # without the zoo's per-request timeout: a first engine measurement may take minutes
+                common.zoo().predictor(name)
+            app.compare(image_path, list(archs), 0.5)
+            app.compare(image_path, list(archs), 0.5)  # the run order now follows this process's own figures
+        for _ in range(repeats):
+            for e in engines:
+                common.set_engine(e)
+                runs[e].append(_one_request(app, image_path, archs))
+    finally:
+        common.set_engine(None if asked == "auto" else asked)
+    main = _summary(runs[engines[0]])
+    per_engine = {e: {k: v for k, v in _summary(r).items() if k != "stages_ms"} for e, r in runs.items()}
+    return {"archs": list(archs), "image": str(image_path), "engine": engines[0], **main, "per_engine": per_engine}
 
 
 def end_to_end_latency(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict:
@@ -93,7 +141,77 @@ def end_to_end_latency(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict
     }
 
 
-def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None) -> str:
+# In the page: from the click on Segment (made here, so the clock starts with it) until every selected card says
+# it is running, until the first card shows its mask, and until every card does and the agreement sentence is in.
+_BROWSER_PROBE = """(n) => new Promise((resolve) => {
+  const t0 = performance.now();
+  const marks = {running: null, first: null, last: null};
+  const loaded = (card) => [...card.querySelectorAll("img")].some((im) => im.complete && im.naturalWidth > 0);
+  const tick = () => {
+    const now = performance.now();
+    const cards = [...document.querySelectorAll(".wb-card")].filter((c) => c.offsetParent !== null);
+    const running = cards.filter((c) => c.querySelector(".wb-running")).length;
+    const done = cards.filter((c) => c.querySelector(".wb-latency") && !c.querySelector(".wb-running") && loaded(c)).length;
+    if (marks.running === null && running > 0) marks.running = now - t0;
+    if (marks.running !== null && marks.first === null && done >= 1) marks.first = now - t0;
+    if (marks.running !== null && done >= n && /agree on|Select two or more/.test(document.body.innerText)) {
+      marks.last = now - t0;
+      resolve(marks);
+      return;
+    }
+    if (now - t0 > 600000) { resolve(marks); return; }
+    setTimeout(tick, 2);
+  };
+  [...document.querySelectorAll("button")].find((b) => b.innerText.trim() === "Segment").click();
+  tick();
+})"""
+
+
+def browser_timing(image_path: str, archs=CLASSIC, repeats: int = 5, chromium: str = "/usr/bin/chromium", engine: str | None = None, url: str | None = None) -> dict:
+    """The served app in headless Chromium (Debian's package driven by Playwright; nothing is downloaded):
+    from the click on Segment to the first card with its mask shown and to the last, per request (after one
+    request that loads every model). The app is started in a fresh process (``engine``: its ``--engine``)
+    unless ``url`` points at a running one."""
+    from playwright.sync_api import sync_playwright  # optional: the browser tests' dependency
+
+    proc = None
+    if url is None:
+        port = _free_port()
+        proc = _start_app(port, timeout_s=300, poll_s=0.2, env={"WORKBENCH_ENGINE": engine} if engine else None)
+        url = f"http://127.0.0.1:{port}/"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("text=Segment", timeout=120_000)
+            page.locator("input[type=file]").first.set_input_files(image_path)
+            page.wait_for_timeout(1500)
+            for box in page.locator(".wb-archs").locator("input[type=checkbox]").all():
+                if (box.locator("xpath=..").inner_text().strip() in archs) != box.is_checked():
+                    box.click()
+            page.evaluate(_BROWSER_PROBE, len(archs))  # loads every model
+            marks = []
+            for _ in range(repeats):
+                page.wait_for_timeout(500)
+                marks.append(page.evaluate(_BROWSER_PROBE, len(archs)))
+            browser.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {
+        "archs": list(archs),
+        "image": str(image_path),
+        "engine": engine or "auto",
+        "running_ms": statistics.median(m["running"] for m in marks),
+        "first_card_ms": statistics.median(m["first"] for m in marks),
+        "last_card_ms": statistics.median(m["last"] for m in marks),
+        "runs": marks,
+    }
+
+
+def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None, browser: list[dict] | None = None) -> str:
     """The stage table: the CamVid example (ground truth: scores and error maps too) and, if given, the
     same pixels as a user's own upload (no ground truth, so no scores or error maps)."""
     profs = [("CamVid example", prof)] + ([("own upload", upload)] if upload else [])
@@ -113,6 +231,24 @@ def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None
     lines.append("")
     lines.append("Network time per model (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["per_model_forward_ms"].items()))
     lines.append("App overhead (everything but the networks): " + "; ".join(f"{name} **{100 * p['overhead_share']:.1f}%**" for name, p in profs) + " of the request.")
+    if prof.get("per_engine"):
+        lines += [
+            "",
+            f"Per engine, in one process, requests interleaved (median of repeats; the table above is `{prof['engine']}`, the app's default); "
+            "first card: from the call to the first finished card, its pictures encoded:",
+            "",
+            "| engine asked | what ran | network ms | request ms (handler + encoding) | first card ms | app overhead |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for e, r in prof["per_engine"].items():
+            ran = ", ".join(f"{n} {v}" for n, v in r["engines"].items())
+            lines.append(f"| {e} | {ran} | {r['network_ms']:.0f} | {r['total_ms']:.0f} | {r['first_card_ms']:.0f} | {100 * r['overhead_share']:.1f}% |")
+        lines.append("")
+    for b in browser or []:
+        lines.append(
+            f"In Chromium (the served app, engine `{b['engine']}`, {len(b['archs'])} models, median of {len(b['runs'])} requests after one that loads the models): "
+            f"click to every card saying it runs {b['running_ms']:.0f} ms, to the first card with its mask **{b['first_card_ms']:.0f} ms**, to the last **{b['last_card_ms']:.0f} ms**."
+        )
     if e2e:
         lines.append(
             f"Served app through gradio_client: start to first answered request {e2e['start_to_first_answer_s']:.1f} s; "

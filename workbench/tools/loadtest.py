@@ -102,12 +102,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5) -> subprocess.Popen:
-    """The app in a fresh process on ``port``, returned once its page answers.
+def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5, env: dict | None = None) -> subprocess.Popen:
+    """The app in a fresh process on ``port``, returned once its page answers (``env``: extra variables).
 
     The example cache is off (``WORKBENCH_EXAMPLE_CACHE=0``): every request does, and is timed for, the real work.
     """
-    env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0")
+    env = dict(os.environ, WORKBENCH_EXAMPLE_CACHE="0", **(env or {}))
     cmd = [sys.executable, "-m", "workbench", "app", "--port", str(port)]  # as `workbench app`: allocator re-exec, then the app
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + timeout_s
