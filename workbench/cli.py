@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)
+    s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto: the fastest whose labels match PyTorch's)")
     s.set_defaults(func="workbench.app.server:cmd_app")
     return p
 
@@ -201,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         func = _resolve(args.func) if isinstance(args.func, str) else args.func
         return int(func(args) or 0)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
-    s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto: the fastest whose labels match PyTorch's)")
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions, ...: say what failed, no traceback
