@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     s.set_defaults(func="workbench.commands:cmd_info")
 
+    s = sub.add_parser("engines", help="which inference engine each checkpoint runs on here, and why (measured once, cached)")
+    s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    s.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"])
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func="workbench.tools.bench_engines:cmd_engines")
+
     s = sub.add_parser("bench", help="parameters, FLOPs and latency of every architecture")
     s.add_argument("--arch", nargs="*", help="architectures (default: all)")
     s.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
@@ -74,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encoders", action="store_true", help="compare candidate timm encoders instead (size, latency)")
     s.add_argument("--losses", action="store_true", help="forward + backward time of every loss term (default size 224x224, --batch-size), smp's Lovasz-softmax beside ours")
     s.add_argument("--allocators", action="store_true", help="training step and inference under the system allocator, tcmalloc and jemalloc (a process each; WORKBENCH_ALLOCATOR)")
-    s.add_argument("--engines", action="store_true", help="one architecture through torch eager, the fast path, torch.compile and ONNX Runtime")
+    s.add_argument("--engines", action="store_true", help="every shipped checkpoint (or --arch ones) through every engine x precision (torch, OpenVINO, ONNX Runtime), ratios against torch eager fp32, the auto choice, the Compare request per engine")
+    s.add_argument("--engine", nargs="*", default=None, choices=["torch", "openvino", "onnxruntime"], help="with --engines: only these engines in the table and the request timing")
     s.add_argument("--request", action="store_true", help="the app's whole Compare request instead, by stage, plus the served app end to end")
     s.add_argument("--image", default=None, help="image for --request (default: the first CamVid test image)")
     s.add_argument("--render", metavar="JSON", help="measure nothing: rewrite the Markdown table of a stored result (to --out, else beside the JSON)")
@@ -115,12 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride (default: half the window)")
     s.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto", "int8"], help="int8: the checkpoint's shipped int8 model, with --engine openvino (workbench quantize writes it)")
+    s.add_argument("--engine", default="torch", choices=["torch", "openvino"], help="run the network through PyTorch (default) or OpenVINO on the CPU")
     s.add_argument("--out", default="eval_results", help="output folder (default: eval_results/)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--cost", action="store_true", help="also measure GFLOPs and the app's CPU latency at 360x480")
     s.add_argument("--update-manifests", action="store_true", help="write the metrics (and cost) into each checkpoint's manifest")
     s.set_defaults(func="workbench.commands:cmd_eval")
+
+    s = sub.add_parser("quantize", help="int8 post-training quantization (NNCF + OpenVINO), calibrated on training images; accepted only within 0.5 test mIoU of fp32")
+    s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".json manifests (globs welcome)")
+    s.add_argument("--data-root", default=None, help="data root (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
+    s.add_argument("--calib-images", type=int, default=128, metavar="N", help="training images that calibrate (full resolution; default 128)")
+    s.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
+    s.add_argument("--agreement-every", type=int, default=1, metavar="K", help="also run fp32 eager on every K-th test image and record the int8 label agreement (default: every image)")
+    s.add_argument("--no-eval", action="store_true", help="only write the int8 model (recorded as not accepted)")
+    s.add_argument("--out", default=None, metavar="DIR", help="also write the int8 results (JSON, confusion plots, leaderboard) to DIR")
+    s.add_argument("--leaderboard", default=None, metavar="MD", help="rewrite the 'which precision the app runs' section of this leaderboard file")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func="workbench.commands:cmd_quantize")
 
     s = sub.add_parser("weights", help="class frequencies and loss weights of a dataset split (vs SegNet's for CamVid)")
     s.add_argument("--dataset", default="camvid", help="camvid, isbi, folder or synthetic (default: camvid)")
@@ -190,12 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
 ALLOCATOR_COMMANDS = {"train", "eval", "bench", "bench-data", "app"}
 
 
+def _engine_arg(argv: list[str]) -> str | None:
+    """The value of ``--engine`` on a command line, if any."""
+    for i, a in enumerate(argv):
+        if a == "--engine" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--engine="):
+            return a.partition("=")[2]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command (``argv``, default: the process's own arguments); returns the exit code: 0 success,
     2 a clear error (one line on stderr), 3 an OS error such as a full disk."""
     if argv is None:  # a real command line, not a call from Python: swap the allocator before torch loads
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-        if command in ALLOCATOR_COMMANDS:
+        # OpenVINO aborts (free(): invalid pointer) under a preloaded tcmalloc: runs through it keep the system allocator
+        if command in ALLOCATOR_COMMANDS and _engine_arg(sys.argv[1:]) in (None, "torch"):
             reexec_with_allocator()
     args = build_parser().parse_args(argv)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ import torch
 from .data.datasets import build_dataset
 from .data.weighting import SEGNET_CAMVID_WEIGHTS, class_pixel_stats, inverse_frequency_weights, median_frequency_weights
 from .evaluation.evaluate import EvaluationError, evaluate_checkpoint
-from .evaluation.manifests import STANDARD_PROTOCOL, collect_checkpoints, protocol_deviations, update_manifest
+from .evaluation.leaderboard import precision_section
+from .evaluation.manifests import STANDARD_PROTOCOL, collect_checkpoints, protocol_deviations, record_int8, update_manifest, write_int8_entry
 from .evaluation.report import format_leaderboard, write_results
 from .io.checkpoint import CheckpointError, export_checkpoint, load_checkpoint
 from .io.hub import download_from_hub, push_to_hub, save_local_copy
@@ -26,7 +28,7 @@ from .io.onnx import export_onnx
 from .models.anatomy import count_flops, count_parameters, stage_shapes
 from .models.registry import create_model, get_architecture, list_architectures, plugin_errors
 
-__all__ = ["cmd_list", "cmd_info", "cmd_export", "cmd_eval", "cmd_weights", "cmd_hub_push", "cmd_hub_pull"]
+__all__ = ["cmd_list", "cmd_info", "cmd_export", "cmd_eval", "cmd_quantize", "cmd_weights", "cmd_hub_push", "cmd_hub_pull"]
 
 
 def cmd_list(args) -> int:
@@ -114,6 +116,7 @@ def cmd_eval(args) -> int:
                     precision=args.precision,
                     progress=not args.quiet,
                     cost=args.cost or args.update_manifests,
+                    engine=args.engine,
                 )
             )
             if args.update_manifests:
@@ -132,6 +135,60 @@ def cmd_eval(args) -> int:
         print(f"{failed} of {len(checkpoints)} checkpoint(s) could not be evaluated", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_quantize(args) -> int:
+    """``workbench quantize CHECKPOINT ...``: int8 (NNCF + OpenVINO) calibrated on training images, evaluated on the
+    test split through the engine, accepted only within the mIoU rule, recorded in each manifest; 2 if any failed."""
+    from .inference.quantize import quantize_checkpoint  # nncf and openvino load only for this command
+
+    checkpoints, warnings_ = collect_checkpoints(args.checkpoints)
+    for w in warnings_:
+        print(f"warning: {w}", file=sys.stderr)
+    if not checkpoints:
+        print("error: no checkpoint to quantize", file=sys.stderr)
+        return 2
+    results, failed = [], 0
+    for ckpt in checkpoints:
+        try:
+            xml, info = quantize_checkpoint(ckpt, data_root=args.data_root, calib_images=args.calib_images, seed=args.seed)
+            write_int8_entry(ckpt, info)
+            print(f"{ckpt.name}: wrote {xml.name} (+ .bin, {info['bytes'] / 1e6:.1f} MB) in {info['quantize_s']:.0f} s, {info['calibration']['images']} calibration images", flush=True)
+            if args.no_eval:
+                continue
+            res = evaluate_checkpoint(ckpt, split="test", data_root=args.data_root, engine="openvino", precision="int8", progress=not args.quiet, agreement_every=args.agreement_every)
+            record_int8(res)
+            results.append(res)
+            entry = json.loads(Path(ckpt).read_text(encoding="utf-8"))["inference"]["int8"]
+            agree = res.get("label_agreement") or {}
+            print(
+                f"{ckpt.name}: int8 {'ACCEPTED' if entry['accepted'] else 'refused'}: {entry['reason']}"
+                + (f"; labels vs fp32 eager on {agree['images']} test images: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%" if agree.get("images") else ""),
+                flush=True,
+            )
+        except (CheckpointError, EvaluationError, ValueError) as exc:
+            failed += 1
+            print(f"error: {ckpt}: {exc}", file=sys.stderr)
+    if results and args.out:
+        write_results(results, args.out)
+        print(f"wrote the int8 results to {args.out}")
+    if args.leaderboard:
+        _update_precision_section(args.leaderboard, Path(checkpoints[0]).parent)
+    return 2 if failed else 0
+
+
+PRECISION_BEGIN = "<!-- precision-the-app-runs: written by workbench quantize --leaderboard -->"
+
+
+def _update_precision_section(path, checkpoints_dir) -> None:
+    """Replace (or add) the section of ``path`` (a leaderboard Markdown) that says which precision the app runs."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8") if p.is_file() else ""
+    text = text.split(PRECISION_BEGIN)[0].rstrip() + "\n\n"
+    checkpoints, _ = collect_checkpoints([str(Path(checkpoints_dir) / "*.json")])
+    section = precision_section({c.stem: json.loads(c.read_text(encoding="utf-8")) for c in checkpoints})
+    p.write_text(text + PRECISION_BEGIN + "\n" + section, encoding="utf-8")
+    print(f"updated {p}: which precision the app runs")
 
 
 def cmd_weights(args) -> int:

@@ -55,6 +55,7 @@ from ..models.base import MIN_INPUT_SIZE
 from ..paths import resolve_data_root
 from ..system.machine import machine_description
 from ..inference.timing import time_model
+from ..inference.int8 import OpenVINOModule, compile_openvino, load_int8, to_openvino
 from .metrics import foreground_iou, pixel_error, rand_scores, segmentation_metrics
 from .tta import as_pair, check_scales, predict_probs
 from .validate import Scored, accumulate_confusion, plain_tensor
@@ -67,7 +68,13 @@ __all__ = [
     "confusion_from_entries",
     "parse_dataset_option",
     "RAND_VARIANT",
+    "ENGINES",
+    "engine_model",
+    "ParityProbe",
 ]
+
+# Engines ``workbench eval --engine`` runs a checkpoint through; ``--precision int8`` needs openvino (the shipped int8 IR).
+ENGINES = ("torch", "openvino")
 
 RAND_VARIANT = "ISBI 2012 foreground-restricted Rand error (1 - V_rand, N^2 normalisation, 4-connected cells, no threshold sweep or thinning)"
 
@@ -266,6 +273,50 @@ def evaluate_model(
     return out
 
 
+def engine_model(path, model: nn.Module, manifest, engine: str, precision: str, threads: int | None = None) -> tuple[nn.Module, str]:
+    """The network ``evaluate_model`` runs for ``--engine``/``--precision``: ``(module, precision for autocast)``.
+
+    ``torch``: the checkpoint's model at ``precision`` (autocast). ``openvino``: fp32 converted here, or
+    ``int8``: the checkpoint's shipped int8 IR (sha256-verified; ``workbench quantize`` writes it).
+    """
+    if engine not in ENGINES:
+        raise EvaluationError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        if precision == "int8":
+            raise EvaluationError("int8 runs through an engine: use --engine openvino --precision int8")
+        return model, precision
+    config = {"architecture": manifest.get("architecture"), "kwargs": manifest.kwargs}
+    if precision == "int8":
+        try:
+            return load_int8(path, threads=threads), "fp32"
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
+    if precision not in ("fp32", "auto"):
+        raise EvaluationError(f"the openvino engine runs fp32 or int8 here, not {precision}")
+    return OpenVINOModule(compile_openvino(to_openvino(model, manifest.in_chans), threads=threads), config, precision="fp32"), "fp32"
+
+
+class ParityProbe(nn.Module):
+    """Runs ``engine`` and, on every ``every``-th call, the fp32 eager ``reference`` too, recording the share of
+    pixels whose label agrees (the parity measure of :mod:`workbench.inference.parity`); returns the engine's logits."""
+
+    def __init__(self, engine: nn.Module, reference: nn.Module, every: int = 1) -> None:
+        super().__init__()
+        self.engine, self.reference, self.every = engine, reference.eval().float(), max(1, int(every))
+        self.workbench_config = getattr(engine, "workbench_config", None) or getattr(reference, "workbench_config", None)
+        self.calls = 0
+        self.agreement: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.engine(x)
+        if self.calls % self.every == 0:
+            with torch.autocast("cpu", enabled=False):
+                ref = self.reference(x.float().contiguous())
+            self.agreement.append(float((out.argmax(1) == ref.argmax(1)).float().mean()))
+        self.calls += 1
+        return out
+
+
 def _build_dataset(name: str, split: str, data_root, mean, std, options: dict) -> Any:
     try:
         transform = eval_transforms(mean=mean, std=std)
@@ -293,6 +344,8 @@ def evaluate_checkpoint(
     per_image: bool = True,
     progress: bool = True,
     cost: bool = False,
+    engine: str = "torch",
+    agreement_every: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint on a dataset split at full resolution.
 
@@ -314,6 +367,10 @@ def evaluate_checkpoint(
         per_image: keep per-image records (name, mIoU, accuracy, sparse confusion).
         progress: show a progress bar on stderr.
         cost: also measure ``cost``: GFLOPs and the app's CPU latency at 360x480 (see :func:`model_cost`).
+        engine: ``"torch"`` or ``"openvino"``; with ``precision="int8"`` the checkpoint's shipped int8 model
+            (:func:`engine_model`).
+        agreement_every: with an engine: also run fp32 eager on every ``agreement_every``-th image and record
+            ``label_agreement`` (mean, worst, images) against it.
 
     Returns:
         A JSON-able dict: ``checkpoint``, ``architecture``, ``num_parameters``,
@@ -355,8 +412,10 @@ def evaluate_checkpoint(
     ds_in = getattr(ds, "in_chans", None)
     if ds_in is not None and int(ds_in) != in_chans:
         raise EvaluationError(f"{Path(path).name} takes {in_chans}-channel input but dataset {ds_name!r} has {ds_in} channels")
+    net, run_precision = engine_model(path, model, manifest, engine, precision)
+    probe = ParityProbe(net, model, agreement_every) if agreement_every and engine != "torch" else None
     res = evaluate_model(
-        model,
+        probe or net,
         ds,
         classes=manifest.classes,
         flip=flip,
@@ -364,14 +423,26 @@ def evaluate_checkpoint(
         stride=stride,
         scales=scales,
         limit=limit,
-        device=device,
-        precision=precision,
+        device=device if engine == "torch" else "cpu",
+        precision=run_precision,
         per_image=per_image,
         progress=progress,
         ignore_index=int(getattr(ds, "ignore_index", IGNORE_INDEX)),
         desc=f"{manifest['architecture']} {ds_name}/{split}",
     )
-    if cost:
+    if engine != "torch":
+        res["options"]["engine"] = engine
+        res["options"]["precision"] = precision if precision != "auto" else "fp32"
+    if probe is not None:
+        a = probe.agreement
+        res["label_agreement"] = {
+            "reference": "torch eager fp32",
+            "images": len(a),
+            "every": probe.every,
+            "mean": float(statistics.fmean(a)) if a else None,
+            "worst": float(min(a)) if a else None,
+        }
+    if cost and engine == "torch":
         res["cost"] = model_cost(model, in_chans, precision=checkpoint_precision(manifest, "auto", torch.device("cpu")))
     out: dict[str, Any] = {
         "checkpoint": str(manifest.path),

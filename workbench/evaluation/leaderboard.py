@@ -18,7 +18,20 @@ from matplotlib.figure import Figure
 
 from ..io.manifest import Manifest
 
-__all__ = ["PUBLISHED_CAMVID", "leaderboard_rows", "table", "per_class_iou_figure", "miou_latency_figure", "class_weights_figure"]
+__all__ = [
+    "PUBLISHED_CAMVID",
+    "leaderboard_rows",
+    "table",
+    "app_precision",
+    "precision_section",
+    "per_class_iou_figure",
+    "miou_latency_figure",
+    "class_weights_figure",
+]
+
+# the label-parity bar a faster precision must pass against fp32 eager (workbench.inference.parity; repeated here
+# because evaluation reads manifests only and the parity module loads the Predictor)
+PARITY_OVERALL, PARITY_WORST_IMAGE = 0.995, 0.985
 
 # Published mean IoU on the same CamVid split (SegNet's 11 classes, 233 test images, 360x480).
 PUBLISHED_CAMVID = [
@@ -58,6 +71,7 @@ def leaderboard_rows(manifests: Mapping[str, Mapping[str, Any]], split: str = "t
                 "epochs": (man.training or {}).get("epochs_completed"),
                 # a fine-tuned checkpoint (workbench train --init-from): the epochs of the runs it started from, first run first
                 "init_epochs": man.init_epochs,
+                "app_precision": app_precision(man)[0],
             }
         )
     return sorted(rows, key=lambda r: -(r["miou"] if isinstance(r["miou"], (int, float)) and not math.isnan(r["miou"]) else -1))
@@ -67,7 +81,60 @@ def _pct(v) -> str:
     return "-" if not isinstance(v, (int, float)) or math.isnan(v) else f"{100 * v:.1f}"
 
 
-TABLE_HEADERS = ["model", "test mIoU", "global acc", "mean class acc", "val mIoU", "params (M)", "GFLOPs", "CPU ms", "note"]
+TABLE_HEADERS = ["model", "test mIoU", "global acc", "mean class acc", "val mIoU", "params (M)", "GFLOPs", "CPU ms", "app runs (CPU)", "note"]
+
+
+def app_precision(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """Which precision the app runs a checkpoint at on the CPU, and why: ``("int8", ...)`` where the shipped int8
+    model was accepted (test mIoU within the rule) and its labels pass the parity bar against fp32 eager on the
+    test images measured; else fp32 where the manifest pins it, else bf16 where the CPU has native bf16 and fp32
+    where it has not."""
+    man = Manifest.of(manifest)
+    inference = man.inference or {}
+    int8 = inference.get("int8") if isinstance(inference.get("int8"), dict) else None
+    fallback = ("fp32", "pinned to fp32 (bf16 missed the parity bar)") if man.pinned_precision == "fp32" else ("bf16/fp32", "bf16 where the CPU has native bf16, else fp32")
+    if not int8:
+        return fallback[0], f"no int8 model; {fallback[1]}"
+    if not int8.get("accepted"):
+        return fallback[0], f"int8 refused ({int8.get('reason', 'not evaluated')}); {fallback[1]}"
+    agree = int8.get("test_label_agreement") or {}
+    mean, worst = agree.get("mean"), agree.get("worst")
+    if mean is None or worst is None:
+        return fallback[0], f"int8 accepted on mIoU but its label agreement with fp32 was not measured; {fallback[1]}"
+    if mean < PARITY_OVERALL or worst < PARITY_WORST_IMAGE:
+        return fallback[0], (
+            f"int8 accepted on mIoU ({int8.get('miou_drop_points')} points) but its labels agree with fp32 eager on "
+            f"{100 * mean:.2f}% (worst image {100 * worst:.2f}%), below the parity bar "
+            f"{100 * PARITY_OVERALL:.1f}%/{100 * PARITY_WORST_IMAGE:.1f}%; {fallback[1]}"
+        )
+    return "int8", f"int8 (OpenVINO) accepted: {int8.get('reason')}; labels agree with fp32 eager on {100 * mean:.2f}% (worst {100 * worst:.2f}%)"
+
+
+def precision_section(manifests: Mapping[str, Mapping[str, Any]], split: str = "test") -> str:
+    """Markdown: per checkpoint with ``metrics[split]``, the fp32 and int8 mIoU, the drop, the int8 label agreement
+    and the precision the app runs (:func:`app_precision`)."""
+    lines = [
+        "## Which precision the app runs",
+        "",
+        "int8 (NNCF post-training quantization, OpenVINO) is accepted per checkpoint only where its CamVid test mIoU "
+        "(this protocol) is at most 0.5 points below fp32; the app runs it only where its labels also pass the parity "
+        f"bar against fp32 eager ({100 * PARITY_OVERALL:.1f}% of pixels, {100 * PARITY_WORST_IMAGE:.1f}% on every image). "
+        "`workbench quantize` measures and records this (scripts/quantize_zoo.sh).",
+        "",
+        "| checkpoint | fp32 mIoU | int8 mIoU | drop (points) | int8 accepted | int8 labels = fp32 (mean / worst image) | app runs (CPU) |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    for row in leaderboard_rows(manifests, split):
+        man = Manifest.of(manifests[row["name"]])
+        int8 = (man.inference or {}).get("int8") or {}
+        agree = int8.get(f"{split}_label_agreement") or {}
+        agree_txt = f"{100 * agree['mean']:.2f}% / {100 * agree['worst']:.2f}% ({agree.get('images')} images)" if agree.get("mean") is not None else "-"
+        prec, _ = app_precision(man)
+        lines.append(
+            f"| {row['name']} | {_pct(row['miou'])} | {_pct(int8.get(f'{split}_miou'))} | "
+            f"{int8.get('miou_drop_points', '-') if int8 else '-'} | {('yes' if int8.get('accepted') else 'no') if int8 else 'not quantized'} | {agree_txt} | {prec} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _trained_note(r: dict) -> str:
@@ -93,11 +160,12 @@ def table(rows: list[dict], anchors: list[dict] | None = None) -> list[list]:
                 "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}",
                 "-" if r["gflops"] is None else f"{r['gflops']:.1f}",
                 "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}",
+                r.get("app_precision", "-"),
                 _trained_note(r),
             ]
         )
     for a in anchors or []:
-        out.append([f"{a['model']} (published)", _pct(a["miou"]), "-", "-", "-", "-", "-", "-", f"reference row: {a['note']}; {a['source']}"])
+        out.append([f"{a['model']} (published)", _pct(a["miou"]), "-", "-", "-", "-", "-", "-", "-", f"reference row: {a['note']}; {a['source']}"])
     return out
 
 
