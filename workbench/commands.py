@@ -186,7 +186,10 @@ def _update_precision_section(path, checkpoints_dir) -> None:
     text = p.read_text(encoding="utf-8") if p.is_file() else ""
     text = text.split(PRECISION_BEGIN)[0].rstrip() + "\n\n"
     checkpoints, _ = collect_checkpoints([str(Path(checkpoints_dir) / "*.json")])
-    section = precision_section({c.stem: json.loads(c.read_text(encoding="utf-8")) for c in checkpoints})
+    manifests = {c.stem: json.loads(c.read_text(encoding="utf-8")) for c in checkpoints}
+    dataset = lambda m: (m.get("dataset") or {}).get("name") if isinstance(m.get("dataset"), dict) else m.get("dataset")  # noqa: E731
+    # the leaderboard's checkpoints: those served by the app (the upsampling lab's variants are not)
+    section = precision_section({k: m for k, m in manifests.items() if dataset(m) == "camvid" and not m.get("upsampling_lab")})
     p.write_text(text + PRECISION_BEGIN + "\n" + section, encoding="utf-8")
     print(f"updated {p}: which precision the app runs")
 
