@@ -9,7 +9,7 @@ import torch
 import workbench
 from workbench.inference.fold import find_conv_bn_pairs, fold_conv_bn, optimize_for_inference
 from workbench.inference.parity import PARITY_OVERALL, PARITY_WORST_IMAGE, label_agreement, parity_holds
-from conftest import make_tiny_model
+from conftest import make_tiny_model, requires_native_bf16
 
 ARCHS = workbench.list_architectures()
 
@@ -84,6 +84,7 @@ def test_predictor_optimisations_match_plain_fp32(arch):
 
 
 @pytest.mark.data
+@requires_native_bf16  # elsewhere the fast path is fp32 (folding: test_folding_keeps_outputs, engines: test_engines)
 def test_bf16_fast_path_agrees_with_fp32_eager_on_trained_weights():
     """On the shipped CamVid checkpoints and real test images, the app's fast path (bf16 autocast, channels_last,
     folded BN) gives the fp32 eager label map on at least 99.5% of the pixels of a sample of test images (camvid_unet:
