@@ -6,6 +6,7 @@ parameters) and run on small inputs; the machine has two CPU cores.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
+
+# every Predictor on torch unless a test asks for an engine: no engine measurements in other tests (test_engines.py)
+os.environ.setdefault("WORKBENCH_ENGINE", "torch")
 
 import workbench  # noqa: E402
 from workbench.system.machine import cpu_supports_bf16  # noqa: E402

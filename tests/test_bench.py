@@ -120,7 +120,7 @@ def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "compile", lambda m: m)  # the wiring, not Inductor (timings are not checked here)
-    result = bench_engines.run_engine_bench("fcn8s", size=(48, 72), repeats=1)
+    result = bench_engines.run_architecture_bench("fcn8s", size=(48, 72), repeats=1)
     rows = {r["engine"].split(" (")[0]: r for r in result["rows"]}
     assert rows["torch eager fp32"]["label_agreement"] == 1.0
     for r in result["rows"]:
@@ -128,7 +128,7 @@ def test_engine_bench_rows_parity_and_new_size_cost(monkeypatch):
             assert r["latency_p50_ms"] > 0 and 0.5 <= r["label_agreement"] <= 1.0
     comp = rows["torch.compile of the fast path"]
     assert comp["new_size"] == [64, 96] and comp["new_size_first_call_s"] > 0 and comp["compile_s"] > 0
-    md = bench_engines.engines_to_markdown(result)
+    md = bench_engines.architecture_engines_to_markdown(result)
     assert "first call at 64x96" in md and bench.markdown_for(result) == md
 
 

@@ -2,12 +2,13 @@
 
 ``Predictor`` wraps a model or a checkpoint path. Large images are resized to a
 working size (``max_side``) for the network and the label map is brought back
-to the original size, so memory stays bounded whatever the upload.
+to the original size, so memory stays bounded whatever the upload. The forward
+pass runs on an engine (:mod:`workbench.inference.engines`): PyTorch, OpenVINO or
+ONNX Runtime, chosen per checkpoint and machine with ``engine="auto"``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -28,6 +29,10 @@ from ..io.images import load_image
 from ..io.manifest import Manifest
 from ..models.base import MIN_INPUT_SIZE
 from ..system.machine import cpu_supports_bf16
+from .engines import CPU_ENGINES, Engine, check_engine, engine_class
+from .engines.cache import artifacts_dir
+from .engines.choose import choose_engine
+from .engines.pytorch import TorchEngine, autocast_context
 from .fold import optimize_for_inference
 
 __all__ = ["Predictor", "Prediction", "upsample_argmax", "resolve_device", "resolve_precision", "checkpoint_precision", "autocast_context"]
@@ -59,13 +64,6 @@ def checkpoint_precision(manifest: Mapping[str, Any], precision: str, device: to
     if precision == "auto" and Manifest.of(manifest).pinned_precision == "fp32":
         return "fp32"
     return resolve_precision(precision, device)
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], band_pixels: int = 1 << 20) -> torch.Tensor:
@@ -100,6 +98,8 @@ class Prediction:
         timings: milliseconds per stage (``load``, ``preprocess``, ``forward``, ``postprocess``).
         image: the input as decoded (display orientation), at the original size.
         classes: ``[{"name", "color"}]`` per class.
+        engine, engine_precision: what ran the forward pass (``"torch"``, ``"openvino"``, ``"onnxruntime"``;
+            ``"fp32"``, ``"bf16"``, ``"int8"``, ...).
     """
 
     labels: np.ndarray
@@ -108,6 +108,8 @@ class Prediction:
     timings: dict[str, float]
     image: Image.Image
     classes: list[dict[str, Any]] = field(default_factory=list)
+    engine: str = "torch"
+    engine_precision: str = "fp32"
 
     @cached_property
     def probs_work(self) -> np.ndarray:
@@ -136,6 +138,15 @@ class Predictor:
         classes, normalization: override what the checkpoint manifest says.
         optimize: fold BatchNorms into convolutions (checked against the unfolded model; see
             :mod:`workbench.inference.fold`). The model you pass is not modified.
+        engine: ``"torch"``, ``"openvino"``, ``"onnxruntime"`` (CPU only) or ``"auto"``. On CUDA only torch
+            runs (``"auto"`` is torch; a CPU engine raises ValueError). On the CPU, ``"auto"`` picks for a
+            checkpoint path (precision ``"auto"``, ``optimize=True``) the fastest engine and precision whose
+            labels pass the parity rule, measured once per checkpoint and machine and cached on disk
+            (:mod:`workbench.inference.engines.choose`). An ``nn.Module`` gets torch under ``"auto"``: without
+            a checkpoint there is no weights hash to key a cached measurement on, and hashing the state dict
+            of every module (tests, the app's untrained models) would cost more than it saves.
+            ``engine``, ``engine_precision`` and ``engine_reason`` say what was chosen and why. The environment
+            variable ``WORKBENCH_ENGINE`` (an engine name) replaces ``"auto"`` everywhere (the test suite: torch).
     """
 
     def __init__(
@@ -148,8 +159,15 @@ class Predictor:
         classes: list[dict] | None = None,
         normalization: dict | None = None,
         optimize: bool = True,
+        engine: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
+        if engine == "auto" and os.environ.get("WORKBENCH_ENGINE", "auto") != "auto":
+            engine = os.environ["WORKBENCH_ENGINE"]  # a fixed engine for every Predictor (the test suite: torch)
+        check_engine(engine)
+        if self.device.type != "cpu" and engine in CPU_ENGINES:
+            raise ValueError(f"engine {engine!r} runs on the CPU only; on {self.device} use engine='torch' (or 'auto')")
+        manifest_path = weights_sha = None
         if isinstance(model_or_checkpoint, nn.Module):
             model = model_or_checkpoint
             manifest = dict(getattr(model, "workbench_manifest", {}) or {})
@@ -157,6 +175,8 @@ class Predictor:
                 manifest = dict(getattr(model, "workbench_config", {}) or {})
         else:
             model, manifest = load_checkpoint(Path(model_or_checkpoint))
+            manifest_path = manifest.get("_path") or Path(model_or_checkpoint)
+            weights_sha = (manifest.get("weights") or {}).get("sha256")  # verified by load_checkpoint
         manifest = Manifest.of(manifest)
         kwargs = manifest.kwargs
         self.in_chans = int(kwargs.get("in_chans", 3))
@@ -167,14 +187,54 @@ class Predictor:
         norm = normalization or manifest.get("normalization") or default_normalization(self.in_chans)
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32).view(-1, 1, 1)
-        self.precision = checkpoint_precision(manifest, precision, self.device)
+        if precision == "int8":  # an engine precision (OpenVINO's quantized model); torch keeps fp32
+            if engine not in ("auto", "openvino"):
+                raise ValueError(f"precision 'int8' runs on the openvino engine, not {engine!r}")
+            engine = "openvino"
+        self.precision = checkpoint_precision(manifest, "fp32" if precision == "int8" else precision, self.device)
         self.max_side = int(max_side)
         self.num_parameters = int(sum(p.numel() for p in model.parameters()))  # of the model as built, before folding
+        reference = model.eval()
         if optimize:
             model, self.optimizations = optimize_for_inference(model, torch.randn(1, self.in_chans, 64, 64))
         else:
             self.optimizations = {}
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self._engine = self._build_engine(engine, precision, reference, manifest_path, weights_sha, optimize)
+        self.engine: str = self._engine.name
+        self.engine_precision: str = self._engine.precision
+
+    def _build_engine(self, engine: str, precision: str, reference: nn.Module, manifest_path, weights_sha: str | None, optimize: bool) -> Engine:
+        """The engine ``engine`` asks for (``"auto"``: see the class docstring); sets ``engine_reason``."""
+        artifacts = artifacts_dir(weights_sha) if weights_sha and self.device.type == "cpu" else None
+        self.engine_record: dict = {}  # auto's measurement (candidates, images, key), when auto measured or read one
+        if engine == "auto":
+            why_torch = (
+                f"torch {self.precision}: on {self.device.type}" if self.device.type != "cpu"
+                else f"torch {self.precision}: an nn.Module (auto measures engines for checkpoint paths only)" if weights_sha is None
+                else f"torch {self.precision}: precision {precision!r} was asked for (auto measures engines under precision 'auto')" if precision != "auto"
+                else f"torch {self.precision}: optimize=False (the unoptimised model was asked for)" if not optimize
+                else None
+            )
+            if why_torch is not None:
+                self.engine_reason = why_torch
+                return TorchEngine(self.model, in_chans=self.in_chans, precision=self.precision, device=self.device)
+            choice = choose_engine(
+                reference, self.model, weights_sha256=weights_sha, manifest=self.manifest, preprocess=self.preprocess, mode=self.mode,
+                in_chans=self.in_chans, artifacts=artifacts, manifest_path=manifest_path, max_side=self.max_side,
+            )
+            self.engine_reason, self.engine_record = choice.reason, choice.record
+            if choice.built is not None:
+                return choice.built
+            engine, precision = choice.engine, choice.precision
+        else:
+            self.engine_reason = f"{engine}: asked for"
+        if engine == "torch":
+            if precision != "auto":
+                self.precision = precision  # an explicit one, or what auto measured
+            return TorchEngine(self.model, in_chans=self.in_chans, precision=self.precision, device=self.device)
+        # the CPU runtimes load their library (OpenVINO's import alone takes most of a second) only when used
+        return engine_class(engine)(self.model, in_chans=self.in_chans, precision="fp32" if precision == "auto" else precision, device=self.device, artifacts=artifacts, manifest_path=manifest_path)
 
     @property
     def mode(self) -> str:
@@ -201,9 +261,7 @@ class Predictor:
     @torch.inference_mode()
     def forward_device(self, x: torch.Tensor) -> torch.Tensor:
         """Forward pass on a preprocessed batch; the logits stay on the model's device (no host sync)."""
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast_context(self.device, self.precision):
-            y = self.model(x)
+        y = self._engine(x)
         expected = (x.shape[0], self.num_classes or (y.shape[1] if isinstance(y, torch.Tensor) and y.ndim == 4 else -1), *x.shape[-2:])
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -266,7 +324,7 @@ class Predictor:
         t4 = time.perf_counter()
         timings = {**timings, "postprocess": (t4 - t3) * 1e3}
         # the sum of this model's own stages (in predict_many, other models' passes run between them)
-        return Prediction(labels=labels_np, logits_work=logits_work, latency_ms=sum(timings.values()), timings=timings, image=im, classes=self.classes)
+        return Prediction(labels=labels_np, logits_work=logits_work, latency_ms=sum(timings.values()), timings=timings, image=im, classes=self.classes, engine=self.engine, engine_precision=self.engine_precision)
 
 
 def predict_many(predictors: list[Predictor], image, shared: dict | None = None) -> list[Prediction | Exception]:

@@ -79,17 +79,18 @@ class Zoo:
     Args:
         checkpoints: folder with checkpoints (default: the shipped ``checkpoints/``).
         dataset: which dataset's checkpoints to serve; untrained models get its classes.
-        device, precision, max_side: passed to :class:`~workbench.predictor.Predictor`.
+        device, precision, max_side, engine: passed to :class:`~workbench.predictor.Predictor` (``engine="auto"``
+            measures engines for trained checkpoints on the CPU, once per machine; untrained models run on torch).
         timeout: seconds a model may take for one image (loading included) before its card shows
             an error; ``None`` waits forever. Default ``$WORKBENCH_MODEL_TIMEOUT`` or 60.
     """
 
-    def __init__(self, checkpoints: Path | None = None, dataset: str = "camvid", *, device: str = "auto", precision: str = "auto", max_side: int = 1024, num_classes: int = 11, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, checkpoints: Path | None = None, dataset: str = "camvid", *, device: str = "auto", precision: str = "auto", max_side: int = 1024, num_classes: int = 11, timeout: float | None = DEFAULT_TIMEOUT_S, engine: str = "auto") -> None:
         self.dataset = dataset
         self.timeout = timeout
         self._running: dict[str, threading.Thread] = {}  # calls that exceeded the timeout and still run
         self.num_classes = num_classes
-        self.device, self.precision, self.max_side = device, precision, max_side
+        self.device, self.precision, self.max_side, self.engine = device, precision, max_side, engine
         found, self.checkpoint_errors = discover_checkpoints(checkpoints, dataset)
         registered = set(list_architectures())
         for arch, path in found.items():
@@ -119,11 +120,11 @@ class Zoo:
             if pred is None:
                 entry = self.entries[name]
                 if entry.trained:
-                    pred = Predictor(entry.checkpoint, self.device, precision=self.precision, max_side=self.max_side)
+                    pred = Predictor(entry.checkpoint, self.device, precision=self.precision, max_side=self.max_side, engine=self.engine)
                 else:
                     torch.manual_seed(0)  # untrained, but the same untrained weights every time
                     model = create_model(name, num_classes=self.num_classes)
-                    pred = Predictor(model, self.device, precision=self.precision, max_side=self.max_side, classes=CAMVID_CLASSES if self.num_classes == 11 else None)
+                    pred = Predictor(model, self.device, precision=self.precision, max_side=self.max_side, classes=CAMVID_CLASSES if self.num_classes == 11 else None, engine=self.engine)
                 pred.warmup()
                 self._predictors[name] = pred
         return pred

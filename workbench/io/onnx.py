@@ -36,24 +36,43 @@ class OnnxExportError(ValueError):
     """The model could not be exported, or the exported graph disagrees with PyTorch."""
 
 
-class _ExportGraph(nn.Module):
-    """Normalize, pad (always, possibly by zero, so the graph has no shape-dependent branches), run, crop."""
+class PadCropGraph(nn.Module):
+    """``PadCropModel.forward`` without shape-dependent Python branches, for tracing (ONNX, OpenVINO).
 
-    def __init__(self, model: PadCropModel, mean: list[float], std: list[float]) -> None:
+    The eager model skips padding at multiples of ``size_divisor`` and picks reflect or replicate by size: a
+    trace would bake the example's branch in. Here the pad is always applied (possibly by zero) and always
+    reflect, which is the eager result for every input of at least ``MIN_INPUT_SIZE`` (then ``pad < divisor
+    <= MIN_INPUT_SIZE <= H, W``). Input: normalised (B, C, H, W) float32, any H, W >= 32; output: logits.
+    """
+
+    def __init__(self, model: PadCropModel) -> None:
         super().__init__()
+        if not isinstance(model, PadCropModel):
+            raise OnnxExportError(f"only workbench models (PadCropModel) can be traced, got {type(model).__name__}")
+        if model.size_divisor > MIN_INPUT_SIZE:
+            raise OnnxExportError(f"size divisor {model.size_divisor} exceeds the minimum input size {MIN_INPUT_SIZE}")
         self.model = model
         self.divisor = int(model.size_divisor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        ph = (self.divisor - h % self.divisor) % self.divisor
+        pw = (self.divisor - w % self.divisor) % self.divisor
+        # reflect is valid because ph, pw < divisor <= MIN_INPUT_SIZE <= h, w
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")  # (B, C, H', W'), multiples of divisor
+        return self.model.forward_padded(x)[:, :, :h, :w]
+
+
+class _ExportGraph(PadCropGraph):
+    """Normalize, then pad (always, possibly by zero, so the graph has no shape-dependent branches), run, crop."""
+
+    def __init__(self, model: PadCropModel, mean: list[float], std: list[float]) -> None:
+        super().__init__(model)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)))
         self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2], image.shape[-1]
-        x = image * self.scale - self.shift
-        ph = (self.divisor - h % self.divisor) % self.divisor
-        pw = (self.divisor - w % self.divisor) % self.divisor
-        # reflect is valid because ph, pw < divisor <= MIN_INPUT_SIZE <= h, w
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        return self.model.forward_padded(x)[:, :, :h, :w]
+        return super().forward(image * self.scale - self.shift)
 
 
 def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, check: bool = True, opset: int = OPSET) -> dict[str, Any]:
@@ -69,8 +88,6 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, check: bool =
     model, manifest = load_checkpoint(src)
     if not isinstance(model, PadCropModel):
         raise OnnxExportError(f"{manifest.architecture}: only workbench models (PadCropModel) can be exported")
-    if model.size_divisor > MIN_INPUT_SIZE:
-        raise OnnxExportError(f"size divisor {model.size_divisor} exceeds the minimum input size {MIN_INPUT_SIZE}")
     model = model.float().eval()
     in_chans = manifest.in_chans
     norm = manifest.normalization or default_normalization(in_chans)
@@ -86,7 +103,7 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, check: bool =
     tmp = Path(tmp_name)
     try:
         try:
-            _export(graph, example, tmp, opset)
+            export_graph(graph, example, tmp, opset)
         except Exception as exc:  # the exporter's own errors are long traces; say which model failed and why
             raise OnnxExportError(f"torch.onnx could not export {manifest.get('architecture')}: {type(exc).__name__}: {str(exc)[:500]}") from exc
         _add_metadata(tmp, manifest)
@@ -97,7 +114,8 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, check: bool =
     return {"path": str(dst), "bytes": dst.stat().st_size, "opset": opset, "checks": checks}
 
 
-def _export(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def export_graph(graph: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = OPSET) -> None:
+    """Export ``graph`` (one input ``image``, one output ``logits``; batch, height and width dynamic) to ``path``."""
     with torch.no_grad():
         torch.onnx.export(
             graph, (example,), str(path), input_names=["image"], output_names=["logits"], opset_version=opset,

@@ -29,7 +29,7 @@ from ..models.anatomy import count_flops, count_parameters
 from ..models.encoders import DEFAULT_ENCODER, TimmEncoder
 from ..models.registry import create_model, list_architectures
 from ..paths import resolve_data_root
-from .bench_engines import engines_to_markdown, run_engine_bench
+from .bench_engines import architecture_engines_to_markdown, engines_to_markdown, run_engine_bench
 from .bench_request import CLASSIC, end_to_end_latency, profile_request, request_to_markdown
 from .bench_training import allocators_to_markdown, losses_to_markdown, run_allocator_bench, run_loss_bench, run_train_bench, train_to_markdown
 from ..system.machine import machine_description, machine_line
@@ -203,8 +203,10 @@ def markdown_for(result: dict) -> str:
     if "profile" in result:
         return request_to_markdown(result["profile"], result.get("end_to_end"), result.get("profile_upload"), result.get("browser"))
     rows = result.get("rows") or [{}]
-    if "engine" in rows[0]:
+    if "candidates" in rows[0]:
         return engines_to_markdown(result)
+    if "engine" in rows[0]:
+        return architecture_engines_to_markdown(result)
     if "encoder" in rows[0]:
         return encoders_to_markdown(result)
     if "step_s" in rows[0]:
@@ -228,7 +230,7 @@ def main(args) -> int:
         result = json.loads(Path(args.render).read_text())
         args.out = args.out or str(Path(args.render).with_suffix(""))
     elif args.engines:
-        result = run_engine_bench((args.arch or ["unet"])[0], size=tuple(args.size), repeats=args.repeats)
+        result = run_engine_bench(args.arch or None, engines=args.engine or None, repeats=min(args.repeats, 5))
     elif args.request:
         image = args.image or next(iter(sorted((resolve_data_root() / "camvid" / "test").glob("*.png"))), None)
         if image is None:

@@ -1,7 +1,11 @@
-"""``workbench bench --engines``: one architecture through every inference engine we evaluated.
+"""``workbench bench --engines``: every shipped checkpoint through every inference engine x precision.
 
-torch eager fp32 (the baseline), the app's fast path (folded BN, channels_last, bf16 autocast), the
-fast path under ``torch.compile`` and ONNX Runtime, each with its label agreement against fp32 eager.
+For each checkpoint (``checkpoints/camvid_*.json`` and ``isbi_*.json``): torch eager fp32 (the 1.00x), the
+torch fast path, OpenVINO and ONNX Runtime (int8 where an int8 model exists), interleaved in one process on
+the data root's validation images at 360x480 (else a synthetic image), with label agreement against fp32
+eager, the parity verdict, conversion and compile times, the first call at a new size, and the engine
+``auto`` picks (:mod:`workbench.inference.engines.choose`). ``workbench engines CHECKPOINT`` prints the
+choice and its reason for one checkpoint.
 """
 
 from __future__ import annotations
@@ -14,17 +18,126 @@ import time
 import numpy as np
 import torch
 
+from ..inference.engines.cache import artifacts_dir, decision_key, decision_path, int8_ir_path
+from ..inference.engines.choose import measurement_count, measurement_images
 from ..inference.fold import optimize_for_inference
-from ..inference.predictor import autocast_context, resolve_precision
-from ..models.registry import create_model
-from ..system.machine import machine_description, machine_line
+from ..inference.predictor import Predictor, autocast_context, resolve_precision
 from ..inference.timing import time_model
+from ..io.manifest import Manifest
+from ..inference.zoo import Zoo
+from ..models.registry import create_model
+from ..paths import checkpoints_dir
+from ..system.machine import machine_description, machine_line
 
-__all__ = ["run_engine_bench", "engines_to_markdown"]
+__all__ = ["run_engine_bench", "engines_to_markdown", "shipped_checkpoints", "cmd_engines", "run_architecture_bench", "architecture_engines_to_markdown"]
+
+REQUEST_ARCHS = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")  # the app's classic seven
 
 
-def run_engine_bench(name: str = "unet", *, size=(360, 480), repeats: int = 10) -> dict:
-    """One architecture through every inference engine we evaluated, with label parity against fp32 eager.
+def shipped_checkpoints(names: list[str] | None = None) -> list:
+    """The shipped CamVid and ISBI manifests (not the upsampling lab's), optionally only those naming ``names``."""
+    folder = checkpoints_dir()
+    paths = sorted(folder.glob("camvid_*.json")) + sorted(folder.glob("isbi_*.json"))
+    if names:
+        paths = [p for p in paths if p.stem in names or p.stem.split("_", 1)[1] in names]  # camvid_unet or unet
+    return paths
+
+
+def run_engine_bench(checkpoints: list[str] | None = None, *, engines: list[str] | None = None, request: bool = True, repeats: int = 5) -> dict:
+    """Engine x precision for every shipped checkpoint (or those named), ratios against torch eager fp32.
+
+    Measuring is the ``auto`` choice's own measurement (so the figures are exactly what decided), run afresh
+    here: the decision cache is bypassed and rewritten (its rounds: :data:`~workbench.inference.engines.choose.ROUNDS`).
+    ``repeats``: rounds of the request timing. ``request``: also time the app's seven classic
+    networks on one image, everything included (decode, normalise, forward, labels), per engine.
+    """
+    rows = []
+    for path in shipped_checkpoints(checkpoints):
+        t0 = time.perf_counter()
+        before = measurement_count()
+        pred = _measured(path)
+        record = pred.engine_record
+        rows.append({
+            "checkpoint": path.stem, "chosen": f"{pred.engine} {pred.engine_precision}", "reason": pred.engine_reason,
+            "images": record.get("images"), "candidates": [r for r in record.get("candidates", []) if not engines or r["engine"] in ("torch eager", *engines)],
+            "seconds": time.perf_counter() - t0, "measured": measurement_count() > before,
+        })
+    out = {"machine": machine_description(), "size": [360, 480], "rows": rows}
+    if request:
+        out["request"] = compare_request(engines or ["torch", "openvino", "onnxruntime"], repeats=repeats)
+    return out
+
+
+def _measured(path) -> Predictor:
+    """A Predictor whose auto choice was measured now (the stored decision is removed first)."""
+    man = Manifest.read(path)
+    sha = man["weights"]["sha256"]
+    decision_path(decision_key(sha, int8=int8_ir_path(path, artifacts_dir(sha)))).unlink(missing_ok=True)
+    return Predictor(path, "cpu", engine="auto")
+
+
+def compare_request(engines: list[str], image=None, repeats: int = 5) -> list[dict]:
+    """The seven classic networks on one 360x480 image, decode to labels, per engine (median of ``repeats``)."""
+    images, described = measurement_images(Manifest({"dataset": {"name": "camvid"}}), "RGB", n=1)
+    out = []
+    for engine in ["auto", *engines]:
+        zoo = Zoo(engine=engine, device="cpu", timeout=None)
+        names = [n for n in REQUEST_ARCHS if n in zoo.entries]
+        for n in names:
+            zoo.predictor(n)
+        times = []
+        for _ in range(max(1, repeats)):
+            t = time.perf_counter()
+            for n in names:
+                zoo.predict(n, images[0], shared=None, timeout=None)
+            times.append((time.perf_counter() - t) * 1e3)
+        times.sort()
+        out.append({"engine": engine, "models": names, "total_ms": times[len(times) // 2], "image": described,
+                    "engines_used": {n: f"{zoo.predictor(n).engine} {zoo.predictor(n).engine_precision}" for n in names}})
+    return out
+
+
+def engines_to_markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Engines at {result['size'][0]}x{result['size'][1]}, {machine_line(m)}, ISA {m['isa']}, native bf16: {'yes' if m['bf16'] else 'no'}. "
+        "Ratios against torch eager fp32 (= 1.00x), timed interleaved in one process; labels = pixels equal to fp32 eager's (mean, worst image).",
+        "",
+        "| checkpoint | engine | precision | p50 (ms) | ratio | labels | parity | first call at a new size | chosen |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for row in result["rows"]:
+        for c in row["candidates"]:
+            name = f"{c['engine']} {c['precision']}"
+            if "error" in c:
+                lines.append(f"| {row['checkpoint']} | {c['engine']} | {c['precision']} | - | - | - | - | {c['error'][:80]} | |")
+                continue
+            agree = c.get("label_agreement") or [0.0]
+            new = c.get("new_size")
+            new_s = f"{new['first_call_ms']:.0f} ms at {new['size'][0]}x{new['size'][1]} (then {new['second_call_ms']:.0f})" if new else ""
+            chosen = "**auto**" if name == row["chosen"] else ""
+            lines.append(f"| {row['checkpoint']} | {c['engine']} | {c['precision']} | {c['latency_ms']:.0f} | {c['ratio']:.2f}x | "
+                         f"{100 * sum(agree) / len(agree):.2f}% / {100 * min(agree):.2f}% | {'yes' if c.get('parity') else 'no'} | {new_s} | {chosen} |")
+    lines += ["", "Why each choice:", ""] + [f"- `{r['checkpoint']}`: {r['reason']}" for r in result["rows"]]
+    if result.get("request"):
+        lines += ["", "The app's seven classic networks on one image, in process (decode, normalise, forward, labels; median):", "",
+                  "| engine | total (ms) | engines used |", "| --- | ---: | --- |"]
+        for r in result["request"]:
+            lines.append(f"| {r['engine']} | {r['total_ms']:.0f} | {', '.join(f'{k}: {v}' for k, v in r['engines_used'].items())} |")
+    return "\n".join(lines)
+
+
+def cmd_engines(args) -> int:
+    """``workbench engines CHECKPOINT...``: the engine each checkpoint runs on here, and why."""
+    for path in args.checkpoints:
+        pred = Predictor(path, args.device, engine=args.engine)
+        print(f"{path}: {pred.engine} {pred.engine_precision}\n  {pred.engine_reason}")
+    return 0
+
+
+def run_architecture_bench(name: str = "unet", *, size=(360, 480), repeats: int = 10) -> dict:
+    """One architecture (random weights) through torch eager, the fast path, torch.compile and ONNX Runtime: the
+    first engine study (benchmarks/engines_cpu.json), kept for torch.compile's compile and new-size costs.
 
     torch eager fp32 (the baseline), the app's fast path (folded BN, channels_last, bf16 autocast),
     the fast path under ``torch.compile`` (Inductor, freezing; compile time reported), and ONNX Runtime
@@ -96,7 +209,7 @@ def run_engine_bench(name: str = "unet", *, size=(360, 480), repeats: int = 10) 
     return {"machine": machine_description(), "architecture": name, "input": list(size), "rows": rows}
 
 
-def engines_to_markdown(result: dict) -> str:
+def architecture_engines_to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"`{result['architecture']}` on 1x3x{result['input'][0]}x{result['input'][1]}, {machine_line(m)}; "

@@ -1,0 +1,157 @@
+"""Inference engines (torch, OpenVINO, ONNX Runtime) against fp32 eager, and ``engine="auto"``'s cached choice.
+
+Generated from the registry: every architecture runs through every engine at a multiple of 32 and at an odd
+size (the traced graphs have dynamic height and width; the eager model pads differently at the two). An engine
+that cannot run an architecture must say so with EngineError, never fall back silently.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import workbench
+from workbench.inference.engines import ENGINES, EngineError, engine_class
+from workbench.inference.engines import cache as engine_cache
+from workbench.inference.engines import choose
+from workbench.io.checkpoint import save_checkpoint
+from workbench.system.machine import cpu_supports_bf16
+
+from conftest import make_image, make_tiny_model
+
+SIZES = ((64, 96), (97, 131))  # a multiple of 32 (no padding in eager) and an odd size (reflect padding)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path):
+    """Engine decisions and converted models in a fresh folder; no dataset images (a synthetic one is used)."""
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "no_data"))
+    monkeypatch.delenv("WORKBENCH_ENGINE", raising=False)
+    monkeypatch.setattr(choose, "SYNTHETIC_SIZE", (64, 96))  # small measurements: the tiny models are the point
+    monkeypatch.setattr(choose, "ROUNDS", 2)
+
+
+@pytest.mark.parametrize("arch", workbench.list_architectures())
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_every_engine_matches_eager_on_every_architecture(arch, engine):
+    model = make_tiny_model(arch, num_classes=3).eval()
+    try:
+        runner = engine_class(engine)(model, in_chans=3, precision="fp32")
+    except EngineError as exc:  # allowed, but it must be the clear error, naming the model
+        assert type(model).__name__ in str(exc) or engine in str(exc)
+        pytest.skip(f"{engine} cannot run {arch}: {exc}")
+    for h, w in SIZES:  # one converted graph, two sizes: dynamic shapes, no recompile error
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.inference_mode():
+            ref = model(x)
+            out = runner(x).float()
+        assert out.shape == ref.shape == (1, 3, h, w)
+        tol = 1e-3 * (1 + float(ref.abs().max()))
+        assert float((out - ref).abs().max()) <= tol, f"{engine} on {arch} at {h}x{w}: logits differ by {float((out - ref).abs().max()):.2e}"
+        assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.995
+
+
+def test_engines_refuse_what_they_cannot_run():
+    model = make_tiny_model("fcn8s").eval()
+    with pytest.raises(EngineError, match="precisions"):
+        engine_class("onnxruntime")(model, precision="bf16")
+    with pytest.raises(ValueError, match="engine must be"):
+        engine_class("tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        workbench.Predictor(model, "cuda", engine="openvino")
+
+
+def _checkpoint(tmp_path, arch="naive", seed=0):
+    torch.manual_seed(seed)
+    return save_checkpoint(tmp_path / f"{arch}_{seed}", make_tiny_model(arch, num_classes=3))
+
+
+def _decision_files():
+    return sorted((engine_cache.engines_dir() / "decisions").glob("*.json"))
+
+
+def test_auto_measures_once_then_reads_the_cache(tmp_path):
+    path = _checkpoint(tmp_path)
+    before = choose.measurement_count()
+    first = workbench.Predictor(path, "cpu")
+    assert choose.measurement_count() == before + 1
+    assert first.engine in ENGINES and first.engine_reason.startswith(f"{first.engine} {first.engine_precision}:")
+    assert "synthetic" in first.engine_reason  # no data root here: says what it measured on
+    record = json.loads(_decision_files()[0].read_text())
+    names = {(c["engine"], c["precision"]) for c in record["candidates"]}
+    assert {("torch eager", "fp32"), ("torch", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp32")} <= names
+    second = workbench.Predictor(path, "cpu")
+    assert choose.measurement_count() == before + 1  # nothing re-measured
+    assert (second.engine, second.engine_precision) == (first.engine, first.engine_precision)
+    assert second.engine_reason.endswith("cached)")
+    im = make_image(70, 45, "noise")
+    a, b = first.predict(im), second.predict(im)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert (a.engine, a.engine_precision) == (first.engine, first.engine_precision)
+    # the converted models are cached too: a restart converts nothing
+    if second.engine == "openvino":
+        assert second._engine.info["ir_cached"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong_key", "bad_choice"])
+def test_a_damaged_decision_is_ignored_and_rebuilt(tmp_path, damage):
+    path = _checkpoint(tmp_path)
+    workbench.Predictor(path, "cpu")
+    (file,) = _decision_files()
+    data = json.loads(file.read_text())
+    if damage == "garbage":
+        file.write_bytes(b"\x00{not json")
+    elif damage == "wrong_key":
+        data["key"]["weights_sha256"] = "0" * 64  # a decision for other weights, stored under this name
+        file.write_text(json.dumps(data))
+    else:
+        data["choice"] = {"engine": "os.system", "precision": "fp32"}
+        file.write_text(json.dumps(data))
+    before = choose.measurement_count()
+    pred = workbench.Predictor(path, "cpu")
+    assert choose.measurement_count() == before + 1  # measured again, not trusted
+    assert pred.engine in ENGINES
+    rebuilt = json.loads(file.read_text())
+    assert rebuilt["key"]["weights_sha256"] != "0" * 64 and rebuilt["choice"]["engine"] in ENGINES
+
+
+def test_a_different_checkpoint_or_thread_count_is_measured_anew(tmp_path, monkeypatch):
+    a, b = _checkpoint(tmp_path, seed=0), _checkpoint(tmp_path, seed=1)
+    before = choose.measurement_count()
+    workbench.Predictor(a, "cpu")
+    workbench.Predictor(b, "cpu")
+    assert choose.measurement_count() == before + 2
+    key = engine_cache.decision_key("x" * 64)
+    assert key != engine_cache.decision_key("x" * 64, threads=key["threads"] + 1)
+
+
+def test_auto_never_picks_emulated_bf16(tmp_path):
+    pred = workbench.Predictor(_checkpoint(tmp_path), "cpu")
+    if cpu_supports_bf16():
+        pytest.skip("this CPU has native bf16: auto may pick it where it is fastest")
+    assert pred.engine_precision != "bf16"
+    assert all(c["precision"] != "bf16" for c in pred.engine_record["candidates"])  # not even measured
+
+
+def test_auto_keeps_torch_where_it_does_not_measure(tmp_path):
+    model = make_tiny_model("fcn8s")
+    before = choose.measurement_count()
+    assert workbench.Predictor(model, "cpu").engine == "torch"  # an nn.Module: no weights hash to key a cache on
+    assert workbench.Predictor(_checkpoint(tmp_path), "cpu", precision="fp32").engine == "torch"  # an explicit precision
+    assert choose.measurement_count() == before
+
+
+def test_explicit_engines_on_a_checkpoint_agree(tmp_path):
+    path = _checkpoint(tmp_path, arch="unet")
+    im = make_image(131, 97, "noise")
+    ref = workbench.Predictor(path, "cpu", engine="torch", precision="fp32").predict(im)
+    for engine in ("openvino", "onnxruntime"):
+        pred = workbench.Predictor(path, "cpu", engine=engine)
+        assert (pred.engine, pred.engine_precision) == (engine, "fp32")
+        out = pred.predict(im)
+        assert out.engine == engine and out.labels.shape == ref.labels.shape
+        assert float((out.labels == ref.labels).mean()) >= 0.995
