@@ -108,7 +108,7 @@ def int8_ir_path(manifest_path: str | os.PathLike | None, artifacts: Path | None
     candidates = []
     if manifest_path is not None:
         p = Path(manifest_path)
-        candidates.append(p.with_name(p.stem + ".openvino_int8.xml"))
+        candidates.append(p.with_name(p.stem + ".int8.xml"))  # what `workbench quantize` writes (inference/int8.py)
     if artifacts is not None:
         candidates.append(Path(artifacts) / "openvino_int8.xml")
     return next((c for c in candidates if c.is_file() and c.with_suffix(".bin").is_file()), None)

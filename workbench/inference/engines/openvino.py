@@ -8,7 +8,7 @@ checkpoint's cache folder (``openvino-<version>-fp32.xml``) and the compiled blo
 ``CACHE_DIR``, so a restart converts and compiles nothing.
 
 int8: an IR quantized elsewhere (:mod:`workbench.inference.quantize`) is picked up, never made here, from
-:func:`workbench.inference.engines.cache.int8_ir_path`: ``<checkpoint>.openvino_int8.xml`` beside the manifest, else ``openvino_int8.xml`` in
+:func:`workbench.inference.engines.cache.int8_ir_path`: ``<checkpoint>.int8.xml`` beside the manifest (``workbench quantize``), else ``openvino_int8.xml`` in
 the checkpoint's cache folder.
 """
 
