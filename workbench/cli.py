@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)
-    s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto: the fastest whose labels match PyTorch's)")
+    s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else torch; auto: the fastest whose labels match PyTorch's, measured once)")
     s.set_defaults(func="workbench.app.server:cmd_app")
     return p
 

@@ -39,7 +39,10 @@ ENGINES = ("auto", "torch", "openvino", "onnxruntime")  # --engine / WORKBENCH_E
 _ZOO: Zoo | None = None  # the zoo of the engine in use
 _ZOOS: dict[str, Zoo] = {}  # one per engine asked for (switching back and forth reloads nothing: bench --request)
 _ZOO_LOCK = threading.Lock()
-_ENGINE: str | None = None  # set by --engine; None: $WORKBENCH_ENGINE, else "auto"
+# The app's default engine stays PyTorch until "auto" measures at launch instead of on a visitor's first
+# request: cold, its measurement of seven checkpoints ran past the zoo's per-model timeout (issue 24).
+DEFAULT_ENGINE = "torch"
+_ENGINE: str | None = None  # set by --engine; None: $WORKBENCH_ENGINE, else DEFAULT_ENGINE
 _ENGINE_CHOICES: dict[str, tuple[str, str, str]] = {}  # architecture -> (engine, precision, why), as they ran
 
 
@@ -55,8 +58,9 @@ def set_engine(name: str | None) -> None:
 
 
 def engine() -> str:
-    """The engine asked for: ``--engine``, else ``$WORKBENCH_ENGINE``, else ``auto`` (the fastest that passes parity)."""
-    return _ENGINE or os.environ.get("WORKBENCH_ENGINE") or "auto"
+    """The engine asked for: ``--engine``, else ``$WORKBENCH_ENGINE``, else :data:`DEFAULT_ENGINE` (``auto``: the
+    fastest that passes parity, measured once per checkpoint and machine)."""
+    return _ENGINE or os.environ.get("WORKBENCH_ENGINE") or DEFAULT_ENGINE
 
 
 def _takes_engine(cls) -> bool:

@@ -35,7 +35,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, engine: str | None = None,
 
     Caps glibc's malloc arenas, builds the app (:func:`~workbench.app.build_app`), warms the examples when
     :func:`warm_examples_enabled` and calls ``demo.launch`` with the upload limit, the CSS and the session cap;
-    ``engine``: the inference engine every model asks for (None: ``$WORKBENCH_ENGINE``, else ``auto``);
+    ``engine``: the inference engine every model asks for (None: ``$WORKBENCH_ENGINE``, else ``common.DEFAULT_ENGINE``);
     ``kwargs`` go to ``demo.launch``. Returns the Blocks.
     """
     set_engine(engine)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Serve the Segmentation Workbench app")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--engine", default=None, choices=ENGINES, help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto)")
+    p.add_argument("--engine", default=None, choices=ENGINES, help="inference engine for every model (default: $WORKBENCH_ENGINE, else torch; auto: the fastest whose labels match PyTorch's, measured once)")
     args = p.parse_args(argv)
     launch(args.host, args.port, engine=args.engine)
 
