@@ -20,10 +20,10 @@ import numpy as np
 import openvino as ov
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..io.checkpoint import CheckpointError, sha256_file
 from ..io.manifest import Manifest
+from ..io.onnx import PadCropGraph
 from ..models.base import PadCropModel
 
 __all__ = ["INT8_SUFFIX", "Int8Error", "to_openvino", "compile_openvino", "int8_paths", "save_ir", "load_int8", "OpenVINOModule"]
@@ -35,30 +35,13 @@ class Int8Error(ValueError):
     """The int8 model cannot be used: none recorded, a file missing or not matching its sha256, not accepted."""
 
 
-class _AlwaysPad(nn.Module):
-    """Pad (reflect) to the size divisor always, possibly by zero, run, crop: a traced graph with no
-    shape-dependent Python branch, so it is right at every H, W >= 32 (as io/onnx.py's export graph)."""
-
-    def __init__(self, model: PadCropModel) -> None:
-        super().__init__()
-        self.model = model
-        self.divisor = int(model.size_divisor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        ph = (self.divisor - h % self.divisor) % self.divisor
-        pw = (self.divisor - w % self.divisor) % self.divisor
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")  # ph, pw < divisor <= MIN_INPUT_SIZE <= h, w
-        return self.model.forward_padded(x)[:, :, :h, :w]
-
-
 def to_openvino(model: nn.Module, in_chans: int = 3, example_size: tuple[int, int] = (352, 480)):
     """The model as an ``openvino.Model`` taking ``(1, in_chans, H, W)`` normalised images, H and W dynamic."""
     model = model.eval().float()
-    graph = _AlwaysPad(model) if isinstance(model, PadCropModel) else model
+    graph = PadCropGraph(model) if isinstance(model, PadCropModel) else model
     example = torch.zeros(1, in_chans, *example_size)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's warnings about shape arithmetic: _AlwaysPad has no shape branches
+        warnings.simplefilter("ignore")  # the tracer's warnings about shape arithmetic: PadCropGraph has no shape branches
         return ov.convert_model(graph, example_input=example, input=[ov.PartialShape([1, in_chans, -1, -1])])
 
 
