@@ -5,9 +5,13 @@ does; ``WORKBENCH_ENGINE`` sets the engine too).
 """
 
 if __name__ == "__main__":
+    import sys
+
+    from workbench.cli import process_engine
     from workbench.system.allocator import reexec_with_allocator
 
-    reexec_with_allocator()  # restart once with a caching allocator, before torch loads (see allocator.py)
+    # restart once with a caching allocator before torch loads, unless the engine may be OpenVINO (see allocator.py)
+    reexec_with_allocator(process_engine("app", sys.argv[1:]))
 
     from workbench.app import main
 

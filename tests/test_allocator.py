@@ -124,3 +124,26 @@ def test_cli_heavy_commands_run_under_the_allocator_and_say_so(tmp_path):
 
 def test_this_process_reports_its_allocator():
     assert active_allocator() in ("system", "tcmalloc", "jemalloc")
+
+
+@pytest.mark.parametrize("engine", ["auto", "openvino"])
+def test_a_process_that_may_run_openvino_keeps_the_system_allocator_unless_one_is_named(engine):
+    # OpenVINO's CPU plugin aborts under a preloaded tcmalloc or jemalloc: "auto" must not preload for it
+    assert preload_env({}, finder("tcmalloc", "jemalloc"), engine=engine) is None
+    named = preload_env({ENV: "tcmalloc"}, finder("tcmalloc"), engine=engine)  # asked for explicitly: given
+    assert named is not None and named["LD_PRELOAD"] == str(LIBS["tcmalloc"])
+    for safe in ("torch", "onnxruntime"):
+        assert preload_env({}, finder("tcmalloc"), engine=safe) is not None
+
+
+def test_the_engine_a_command_line_will_run(monkeypatch):
+    from workbench.cli import process_engine
+
+    monkeypatch.delenv("WORKBENCH_ENGINE", raising=False)
+    assert process_engine("app", []) == "auto"  # the app's default engine
+    assert process_engine("app", ["--engine", "torch"]) == "torch"
+    assert process_engine("eval", ["--engine=openvino"]) == "openvino"
+    assert process_engine("eval", []) == "torch"
+    assert process_engine("bench", ["--engines"]) == "auto"
+    monkeypatch.setenv("WORKBENCH_ENGINE", "onnxruntime")
+    assert process_engine("app", []) == "onnxruntime"

@@ -155,3 +155,42 @@ def test_explicit_engines_on_a_checkpoint_agree(tmp_path):
         out = pred.predict(im)
         assert out.engine == engine and out.labels.shape == ref.labels.shape
         assert float((out.labels == ref.labels).mean()) >= 0.995
+
+
+def test_the_zoo_measures_at_prepare_and_torch_stands_in_meanwhile(tmp_path, monkeypatch):
+    import threading
+
+    from workbench.inference import predictor as predictor_module
+    from workbench.inference.zoo import Zoo
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    _checkpoint(folder)
+    release, measuring = threading.Event(), threading.Event()
+    real = predictor_module.choose_engine
+
+    def slow_choose(*args, **kwargs):  # the real measurement, held until the test has asked for the model
+        measuring.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "choose_engine", slow_choose)
+    zoo = Zoo(folder, engine="auto", timeout=None)
+    trained = [n for n, e in zoo.entries.items() if e.trained]
+    assert trained == ["naive"]
+    thread = zoo.prepare()
+    assert measuring.wait(60)
+    stand_in = zoo.predictor("naive")  # answers now, without waiting for the measurement
+    assert stand_in.engine == "torch" and "standing in" in stand_in.engine_reason
+    im = make_image(70, 45, "noise")
+    during = zoo.predict("naive", im)
+    release.set()
+    thread.join(120)
+    assert not thread.is_alive()
+    chosen = zoo.predictor("naive")
+    assert chosen is not stand_in and "standing in" not in chosen.engine_reason
+    assert chosen.engine_reason.startswith(f"{chosen.engine} {chosen.engine_precision}:")
+    assert len(_decision_files()) == 1  # measured once, stored
+    after = zoo.predict("naive", im)
+    assert float((after.labels == during.labels).mean()) >= 0.995  # the stand-in and the choice agree
+    assert zoo.prepare(background=False) is None  # nothing left to build: returns at once

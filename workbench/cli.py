@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 
 from .system.allocator import reexec_with_allocator
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "process_engine"]
 
 
 def _resolve(spec: str) -> Callable:
@@ -122,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride (default: half the window)")
     s.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto", "int8"], help="int8: the checkpoint's shipped int8 model, with --engine openvino (workbench quantize writes it)")
-    s.add_argument("--engine", default="torch", choices=["torch", "openvino"], help="run the network through PyTorch (default) or OpenVINO on the CPU")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto", "int8"], help="int8: the checkpoint's shipped int8 model, with --engine openvino (workbench quantize writes it); with --engine auto use auto")
+    s.add_argument("--engine", default="torch", choices=["torch", "openvino", "onnxruntime", "auto"], help="run the network through PyTorch (default), OpenVINO or ONNX Runtime on the CPU, or auto: the engine and precision the app's Predictor chooses for the checkpoint on this CPU (measured once, cached)")
+    s.add_argument("--agreement-every", type=int, default=None, metavar="K", help="with an engine other than torch: also run fp32 eager on every K-th image and report the label agreement")
     s.add_argument("--out", default="eval_results", help="output folder (default: eval_results/)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--cost", action="store_true", help="also measure GFLOPs and the app's CPU latency at 360x480")
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("quantize", help="int8 post-training quantization (NNCF + OpenVINO), calibrated on training images; accepted only within 0.5 test mIoU of fp32")
     s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".json manifests (globs welcome)")
     s.add_argument("--data-root", default=None, help="data root (default: $WORKBENCH_DATA_ROOT, then ../shared/data)")
-    s.add_argument("--calib-images", type=int, default=128, metavar="N", help="training images that calibrate (full resolution; default 128)")
+    s.add_argument("--calib-images", type=int, default=None, metavar="N", help="training images that calibrate (full resolution; default: workbench.inference.quantize.DEFAULT_CALIB_IMAGES)")
+    s.add_argument("--variant", default=None, metavar="NAME", help="NNCF settings by name (workbench.inference.quantize.QUANTIZE_VARIANTS; default: DEFAULT_VARIANT, chosen in benchmarks/int8_options_cpu_avx512.md)")
+    s.add_argument("--keep-refused", action="store_true", help="keep a refused int8 model's files (by default they are deleted, its figures stay in the manifest)")
     s.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
     s.add_argument("--agreement-every", type=int, default=1, metavar="K", help="also run fp32 eager on every K-th test image and record the int8 label agreement (default: every image)")
     s.add_argument("--no-eval", action="store_true", help="only write the int8 model (recorded as not accepted)")
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)
-    s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else torch; auto: the fastest whose labels match PyTorch's, measured once)")
+    s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto: the fastest whose labels match PyTorch's, measured at launch once per machine)")
     s.set_defaults(func="workbench.app.server:cmd_app")
     return p
 
@@ -220,14 +224,22 @@ def _engine_arg(argv: list[str]) -> str | None:
     return None
 
 
+def process_engine(command: str, argv: list[str]) -> str:
+    """The inference engine a command line will run: ``--engine``, else ``$WORKBENCH_ENGINE``, else the
+    command's default (``app``: auto; ``bench --engines``: every engine, so auto; the others: torch)."""
+    asked = _engine_arg(argv) or os.environ.get("WORKBENCH_ENGINE")
+    if asked:
+        return asked
+    return "auto" if command == "app" or (command == "bench" and "--engines" in argv) else "torch"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command (``argv``, default: the process's own arguments); returns the exit code: 0 success,
     2 a clear error (one line on stderr), 3 an OS error such as a full disk."""
     if argv is None:  # a real command line, not a call from Python: swap the allocator before torch loads
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-        # OpenVINO aborts (free(): invalid pointer) under a preloaded tcmalloc: runs through it keep the system allocator
-        if command in ALLOCATOR_COMMANDS and _engine_arg(sys.argv[1:]) in (None, "torch"):
-            reexec_with_allocator()
+        if command in ALLOCATOR_COMMANDS:  # a run that may use OpenVINO keeps the system allocator (allocator.py)
+            reexec_with_allocator(process_engine(command, sys.argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         func = _resolve(args.func) if isinstance(args.func, str) else args.func

@@ -8,7 +8,8 @@ import os
 import gradio as gr
 
 from . import gpu
-from .common import ENGINES, default_selection, example_images, set_engine
+from .common import ENGINES, default_selection, example_images, set_engine, zoo
+from .common import engine as engine_in_use
 from .layout import build_app
 from .patches import limit_malloc_arenas
 from .segment import warm_examples
@@ -42,8 +43,11 @@ def launch(host: str = "127.0.0.1", port: int = 7860, engine: str | None = None,
     limit_malloc_arenas()
     examples, selection = example_images(), default_selection()
     demo = build_app(examples, selection)
-    if warm_examples_enabled() and gpu.spaces is None:  # on ZeroGPU the GPU exists only inside requests
-        warm_examples(examples, selection)
+    if gpu.spaces is None:  # on ZeroGPU the GPU exists only inside requests
+        if engine_in_use() == "auto":  # measure (or read the cached choice of) every trained model's engine now, Compare's first
+            zoo().prepare(selection + [n for n, e in zoo().entries.items() if e.trained and n not in selection])
+        if warm_examples_enabled():
+            warm_examples(examples, selection)
     demo.launch(server_name=host, server_port=port, max_file_size=max_upload(), css=CSS, state_session_capacity=MAX_SESSIONS, **kwargs)
     return demo
 
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Serve the Segmentation Workbench app")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--engine", default=None, choices=ENGINES, help="inference engine for every model (default: $WORKBENCH_ENGINE, else torch; auto: the fastest whose labels match PyTorch's, measured once)")
+    p.add_argument("--engine", default=None, choices=ENGINES, help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto: the fastest whose labels match PyTorch's, measured at launch once per machine)")
     args = p.parse_args(argv)
     launch(args.host, args.port, engine=args.engine)
 

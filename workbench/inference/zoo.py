@@ -104,17 +104,30 @@ class Zoo:
             self.entries[name] = ZooEntry(name, info.title or name, path, manifest)
         self._predictors: dict[str, Predictor] = {}
         self._locks = {name: threading.Lock() for name in self.entries}
+        self._preparing: set[str] = set()  # names whose predictors prepare() is building (auto: measuring) now
+        self._provisional: dict[str, Predictor] = {}  # torch stand-ins served meanwhile
+        self._provisional_lock = threading.Lock()
 
     def names(self) -> list[str]:
         return list(self.entries)
 
     def predictor(self, name: str) -> Predictor:
-        """The cached predictor for ``name`` (built on first use). Raises on a broken checkpoint."""
+        """The cached predictor for ``name`` (built on first use). Raises on a broken checkpoint.
+
+        While :meth:`prepare` is still building ``name`` (under ``engine="auto"``: measuring the engines, which
+        takes tens of seconds the first time on a machine), a torch predictor stands in, so a request never waits
+        for the measurement; its ``engine_reason`` says so.
+        """
         if name not in self.entries:
             raise KeyError(f"unknown architecture {name!r}; available: {', '.join(self.entries)}")
         pred = self._predictors.get(name)
         if pred is not None:
             return pred
+        if name in self._preparing:
+            return self._stand_in(name)
+        return self._build(name)
+
+    def _build(self, name: str) -> Predictor:
         with self._locks[name]:
             pred = self._predictors.get(name)
             if pred is None:
@@ -127,7 +140,45 @@ class Zoo:
                     pred = Predictor(model, self.device, precision=self.precision, max_side=self.max_side, classes=CAMVID_CLASSES if self.num_classes == 11 else None, engine=self.engine)
                 pred.warmup()
                 self._predictors[name] = pred
+            return pred
+
+    def _stand_in(self, name: str) -> Predictor:
+        with self._provisional_lock:
+            pred = self._provisional.get(name)
+            if pred is None:
+                entry = self.entries[name]
+                pred = Predictor(entry.checkpoint, self.device, precision=self.precision, max_side=self.max_side, engine="torch")
+                pred.engine_reason = f"torch {pred.precision}: standing in while this checkpoint's engines are measured (once per machine; later requests run the choice)"
+                self._provisional[name] = pred
         return pred
+
+    def prepare(self, names: list[str] | None = None, *, background: bool = True) -> threading.Thread | None:
+        """Build the predictors of ``names`` (default: every trained architecture) before anyone asks.
+
+        Under ``engine="auto"`` this is where each checkpoint's engines are measured (or their cached decision
+        read), so the app calls it at launch; meanwhile :meth:`predictor` serves torch stand-ins. Errors are kept
+        for the request that asks for the model (it raises them). ``background``: in a daemon thread (returned).
+        """
+        names = [n for n in (names if names is not None else [n for n, e in self.entries.items() if e.trained]) if n in self.entries]
+        todo = [n for n in names if n not in self._predictors and self.entries[n].trained]
+        self._preparing.update(todo)
+
+        def work() -> None:
+            for name in todo:
+                try:
+                    self._build(name)
+                except Exception:  # a broken checkpoint: the request that asks for it gets the error
+                    pass
+                finally:
+                    self._preparing.discard(name)
+                    self._provisional.pop(name, None)
+
+        if not background:
+            work()
+            return None
+        thread = threading.Thread(target=work, name="zoo-prepare", daemon=True)
+        thread.start()
+        return thread
 
     def predict(self, name: str, image, timeout: float | None = -1.0, shared: dict | None = None) -> Prediction:
         """Segment ``image`` with ``name``, giving up after ``timeout`` seconds (default: the zoo's).

@@ -15,6 +15,11 @@ does as a separate launcher; its search misses Debian's runtime packages (``libt
 
 ``WORKBENCH_ALLOCATOR`` chooses: ``auto`` (default: tcmalloc, else jemalloc, else the system's),
 ``system``, ``tcmalloc``, ``jemalloc``, or a path to a shared library. Nothing here imports torch.
+
+OpenVINO's CPU plugin aborts the process ("munmap_chunk(): invalid pointer") when tcmalloc or jemalloc is
+preloaded (measured with OpenVINO 2026.4), so a process that may run the ``openvino`` engine (``--engine
+openvino`` or ``auto``) keeps the system allocator under ``auto``: :func:`reexec_with_allocator` takes the
+engine the process will run.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import sysconfig
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["ENV", "KINDS", "active_allocator", "find_library", "preload_env", "reexec_with_allocator"]
+__all__ = ["ENV", "KINDS", "PRELOAD_SAFE_ENGINES", "active_allocator", "find_library", "preload_env", "reexec_with_allocator"]
 
 ENV = "WORKBENCH_ALLOCATOR"
 MARK = "_WORKBENCH_ALLOCATOR_APPLIED"  # set on the re-executed process: never re-execute twice
@@ -35,6 +40,8 @@ KINDS = {
 }
 PACKAGES = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}  # Debian/Ubuntu (.ci/run installs these)
 SYSTEM = ("system", "glibc", "off", "none", "0")
+# inference engines that run under a preloaded allocator; "openvino" (and "auto", which may choose it) do not
+PRELOAD_SAFE_ENGINES = ("torch", "onnxruntime")
 # jemalloc: huge buffers from their own arenas, purged never (PyTorch's run_cpu settings plus no decay:
 # returning pages to the kernel is exactly the cost being avoided).
 JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -67,16 +74,19 @@ def _kind_of(path: str) -> str | None:
     return next((k for k in KINDS if f"lib{k}" in name), None)
 
 
-def preload_env(environ: Mapping[str, str], find: Callable[[str], Path | None] = find_library) -> dict[str, str] | None:
+def preload_env(environ: Mapping[str, str], find: Callable[[str], Path | None] = find_library, engine: str = "torch") -> dict[str, str] | None:
     """The environment to re-execute with, or None when there is nothing to do (pure; ``find`` looks libraries up).
 
-    Nothing to do: ``system`` chosen, not Linux, already re-executed once, or an allocator already
-    preloaded. ``tcmalloc``/``jemalloc`` chosen but not installed, or a path that does not exist, is an
-    error: a run asked for an allocator it would silently not get.
+    Nothing to do: ``system`` chosen, not Linux, already re-executed once, an allocator already
+    preloaded, or ``auto`` chosen for a process whose ``engine`` is not in :data:`PRELOAD_SAFE_ENGINES`
+    (OpenVINO aborts under a preloaded allocator). ``tcmalloc``/``jemalloc`` chosen but not installed, or
+    a path that does not exist, is an error: a run asked for an allocator it would silently not get.
     """
     choice = (environ.get(ENV) or "auto").strip()
     name = choice.lower()  # a path keeps its case in `choice`
     if name in SYSTEM or environ.get(MARK) or not sys.platform.startswith("linux"):
+        return None
+    if name == "auto" and engine not in PRELOAD_SAFE_ENGINES:
         return None
     preloaded = [p for p in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
     if any(_kind_of(p) for p in preloaded):
@@ -105,14 +115,15 @@ def preload_env(environ: Mapping[str, str], find: Callable[[str], Path | None] =
     return env
 
 
-def reexec_with_allocator() -> None:
+def reexec_with_allocator(engine: str = "torch") -> None:
     """Replace this process by itself with the chosen allocator preloaded (same pid, argv and stdio).
 
-    Returns when there is nothing to do or the exec fails (the run goes on with the system's
-    allocator). Call it first thing in a program's ``__main__``, never from library code.
+    ``engine``: the inference engine the process will run (``auto``/``openvino`` keep the system allocator
+    unless ``WORKBENCH_ALLOCATOR`` names one). Returns when there is nothing to do or the exec fails (the run
+    goes on with the system's allocator). Call it first thing in a program's ``__main__``, never from library code.
     """
     try:
-        env = preload_env(os.environ)
+        env = preload_env(os.environ, engine=engine)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -23,6 +23,7 @@ import torch
 
 from ... import __version__
 from ...io.checkpoint import atomic_write_bytes
+from ...system.allocator import active_allocator
 from ...system.machine import cpu_supports_bf16
 from . import ENGINES
 
@@ -65,6 +66,7 @@ def decision_key(weights_sha256: str, *, threads: int | None = None, precision: 
         "isa": torch.backends.cpu.get_cpu_capability(),
         "bf16": cpu_supports_bf16(),
         "threads": int(threads or torch.get_num_threads()),
+        "allocator": active_allocator(),  # OpenVINO cannot run under a preloaded one; torch's speed depends on it
         "precision": precision,
         "max_side": int(max_side),
         "torch": torch.__version__,

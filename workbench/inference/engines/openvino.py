@@ -54,10 +54,11 @@ class OpenVINOEngine(Engine):
         super().__init__(model, **kwargs)
         if self.device.type != "cpu":
             raise EngineError(f"the openvino engine runs on the CPU only, not {self.device}")
-        if active_allocator() == "tcmalloc":
-            # measured: OpenVINO 2026.4's CPU plugin aborts the process in compile_model ("munmap_chunk(): invalid
-            # pointer") under a preloaded tcmalloc_minimal; refuse clearly so auto measures the others instead
-            raise EngineError("OpenVINO's CPU plugin crashes under a preloaded tcmalloc (LD_PRELOAD); run with WORKBENCH_ALLOCATOR=system to use the openvino engine")
+        allocator = active_allocator()
+        if allocator != "system":
+            # measured: OpenVINO 2026.4's CPU plugin aborts the process ("munmap_chunk(): invalid pointer") under a
+            # preloaded tcmalloc_minimal or jemalloc; refuse clearly so auto measures the others instead
+            raise EngineError(f"OpenVINO's CPU plugin crashes under a preloaded {allocator} (LD_PRELOAD); run with WORKBENCH_ALLOCATOR=system to use the openvino engine")
         core = ov.Core()
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32"}
         t0 = time.perf_counter()
