@@ -20,7 +20,7 @@ from workbench.inference.engines import choose
 from workbench.io.checkpoint import save_checkpoint
 from workbench.system.machine import cpu_supports_bf16
 
-from conftest import make_image, make_tiny_model
+from conftest import make_image, make_tiny_model, requires_native_bf16
 
 SIZES = ((64, 96), (97, 131))  # a multiple of 32 (no padding in eager) and an odd size (reflect padding)
 
@@ -194,3 +194,25 @@ def test_the_zoo_measures_at_prepare_and_torch_stands_in_meanwhile(tmp_path, mon
     after = zoo.predict("naive", im)
     assert float((after.labels == during.labels).mean()) >= 0.995  # the stand-in and the choice agree
     assert zoo.prepare(background=False) is None  # nothing left to build: returns at once
+
+
+@requires_native_bf16
+@pytest.mark.parametrize("arch", ["unet", "fcn8s"])
+def test_openvino_bf16_runs_bf16_and_stays_close_to_eager(arch):
+    model = make_tiny_model(arch, num_classes=3).eval()
+    runner = engine_class("openvino")(model, in_chans=3, precision="bf16")
+    runtime = {op.get_rt_info()["runtimePrecision"].astype(str) for op in runner.compiled.get_runtime_model().get_ops()}
+    assert "bf16" in runtime  # the hint took: some layers really run bf16
+    x = torch.randn(1, 3, 97, 131, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref, out = model(x), runner(x).float()
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) <= 5e-2 * (1 + float(ref.abs().max()))
+
+
+def test_openvino_bf16_is_refused_without_native_bf16(monkeypatch):
+    from workbench.inference.engines import openvino as ov_engine
+
+    monkeypatch.setattr(ov_engine, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(EngineError, match="native bf16"):
+        ov_engine.OpenVINOEngine(make_tiny_model("fcn8s").eval(), precision="bf16")

@@ -11,9 +11,11 @@ the normalization travel in the model's metadata (``workbench_manifest``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,9 +116,19 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, check: bool =
     return {"path": str(dst), "bytes": dst.stat().st_size, "opset": opset, "checks": checks}
 
 
+@contextlib.contextmanager
+def quiet_tracer():
+    """Silence what ``torch.jit.trace`` says on every export (its deprecation notice; tracer warnings about shape
+    arithmetic, which :class:`PadCropGraph` has no branches on): a user converting a model sees no noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
 def export_graph(graph: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = OPSET) -> None:
     """Export ``graph`` (one input ``image``, one output ``logits``; batch, height and width dynamic) to ``path``."""
-    with torch.no_grad():
+    with torch.no_grad(), quiet_tracer():
         torch.onnx.export(
             graph, (example,), str(path), input_names=["image"], output_names=["logits"], opset_version=opset,
             dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},

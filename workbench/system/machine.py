@@ -10,6 +10,7 @@ is emulated and slower than fp32.
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from .allocator import active_allocator
 
-__all__ = ["cpu_model", "cpu_supports_bf16", "machine_description", "machine_line"]
+__all__ = ["ISA_CAPS", "cpu_model", "cpu_supports_bf16", "isa_caps", "machine_description", "machine_line"]
 
 
 def cpu_supports_bf16() -> bool:
@@ -39,11 +40,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# environment variables that cap the instruction set the libraries dispatch to (a benchmark on an AVX512 machine
+# run as if it had AVX2 only): PyTorch's own kernels, oneDNN (PyTorch's and OpenVINO's CPU plugin's)
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def isa_caps() -> dict[str, str]:
+    """The ISA caps set in this process's environment (:data:`ISA_CAPS`), by variable."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
 def machine_description() -> dict:
-    """CPU model, instruction set, native bf16, threads, torch, CUDA device, Python and allocator."""
+    """CPU model, instruction set (and caps, if any), native bf16, threads, torch, CUDA device, Python and allocator."""
     return {
         "cpu": cpu_model(),
         "isa": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2, AVX512 (AMX and AVX512-BF16 show in "bf16")
+        "isa_caps": isa_caps(),  # empty unless capped: then "isa" and "bf16" are what the caps leave
         "bf16": cpu_supports_bf16(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

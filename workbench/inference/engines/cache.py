@@ -24,7 +24,7 @@ import torch
 from ... import __version__
 from ...io.checkpoint import atomic_write_bytes
 from ...system.allocator import active_allocator
-from ...system.machine import cpu_supports_bf16
+from ...system.machine import cpu_supports_bf16, isa_caps
 from . import ENGINES
 
 __all__ = ["cache_root", "engines_dir", "artifacts_dir", "decision_key", "decision_path", "read_decision", "write_decision", "library_version", "int8_ir_path", "SCHEMA"]
@@ -64,6 +64,7 @@ def decision_key(weights_sha256: str, *, threads: int | None = None, precision: 
     return {
         "weights_sha256": weights_sha256,
         "isa": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": isa_caps(),
         "bf16": cpu_supports_bf16(),
         "threads": int(threads or torch.get_num_threads()),
         "allocator": active_allocator(),  # OpenVINO cannot run under a preloaded one; torch's speed depends on it

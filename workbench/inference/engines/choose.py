@@ -1,8 +1,8 @@
 """``engine="auto"``: measure every engine x precision on this checkpoint and machine, keep the fastest whose
 labels pass the parity rule, and remember the decision on disk.
 
-Candidates: torch fp32 (the fast path: folded BN, channels_last), torch bf16 only where the CPU has native bf16
-(emulated bf16 is slower than fp32) and the manifest does not pin fp32, OpenVINO fp32, ONNX Runtime fp32, and
+Candidates: torch fp32 (the fast path: folded BN, channels_last), torch bf16 and OpenVINO bf16 only where the CPU
+has native bf16 (emulated bf16 is slower than fp32) and the manifest does not pin fp32, OpenVINO fp32, ONNX Runtime fp32, and
 OpenVINO int8 where an int8 IR of the checkpoint exists (:func:`.openvino.int8_ir_path`). Each runs on a few
 images, interleaved in one process with fp32 eager (the reference and the 1.00x of the ratios): CamVid val
 images (or the checkpoint's dataset's) from the data root when present, else a fixed-seed synthetic image;
@@ -59,9 +59,12 @@ class Choice:
 def candidates(manifest: Manifest, manifest_path=None, artifacts: Path | None = None) -> list[tuple[str, str]]:
     """The (engine, precision) pairs worth measuring for this checkpoint on this CPU."""
     out = [("torch", "fp32")]
-    if cpu_supports_bf16() and manifest.pinned_precision != "fp32":
+    bf16 = cpu_supports_bf16() and manifest.pinned_precision != "fp32"
+    if bf16:
         out.append(("torch", "bf16"))
     out += [("openvino", "fp32"), ("onnxruntime", "fp32")]
+    if bf16:
+        out.append(("openvino", "bf16"))
     if int8_ir_path(manifest_path, artifacts) is not None:
         out.append(("openvino", "int8"))
     return out

@@ -7,6 +7,8 @@ recompilation, only OpenVINO's shape inference on the first call at that size. T
 checkpoint's cache folder (``openvino-<version>-fp32.xml``) and the compiled blob to OpenVINO's
 ``CACHE_DIR``, so a restart converts and compiles nothing.
 
+bf16 (only on a CPU with native bf16): the same IR compiled with ``INFERENCE_PRECISION_HINT=bf16``.
+
 int8: an IR quantized elsewhere (:mod:`workbench.inference.quantize`) is picked up, never made here, from
 :func:`workbench.inference.engines.cache.int8_ir_path`: ``<checkpoint>.int8.xml`` beside the manifest (``workbench quantize``), else ``openvino_int8.xml`` in
 the checkpoint's cache folder.
@@ -25,8 +27,9 @@ import openvino as ov
 import torch
 import torch.nn as nn
 
-from ...io.onnx import PadCropGraph
+from ...io.onnx import PadCropGraph, quiet_tracer
 from ...system.allocator import active_allocator
+from ...system.machine import cpu_supports_bf16
 from .base import Engine, EngineError
 from .cache import int8_ir_path
 
@@ -40,7 +43,7 @@ def convert(model: nn.Module, in_chans: int) -> ov.Model:
     graph = PadCropGraph(copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)).eval()
     example = torch.randn(1, in_chans, *EXAMPLE_SIZE)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_tracer():
             return ov.convert_model(graph, example_input=example, input=[ov.PartialShape([1, in_chans, -1, -1])])
     except Exception as exc:  # the converter's traces are long: say which model failed and why
         raise EngineError(f"OpenVINO could not convert {type(model).__name__}: {type(exc).__name__}: {str(exc)[:400]}") from exc
@@ -48,7 +51,7 @@ def convert(model: nn.Module, in_chans: int) -> ov.Model:
 
 class OpenVINOEngine(Engine):
     name = "openvino"
-    precisions = ("fp32", "int8")
+    precisions = ("fp32", "bf16", "int8")
 
     def __init__(self, model: nn.Module, **kwargs) -> None:
         super().__init__(model, **kwargs)
@@ -59,8 +62,11 @@ class OpenVINOEngine(Engine):
             # measured: OpenVINO 2026.4's CPU plugin aborts the process ("munmap_chunk(): invalid pointer") under a
             # preloaded tcmalloc_minimal or jemalloc; refuse clearly so auto measures the others instead
             raise EngineError(f"OpenVINO's CPU plugin crashes under a preloaded {allocator} (LD_PRELOAD); run with WORKBENCH_ALLOCATOR=system to use the openvino engine")
+        if self.precision == "bf16" and not cpu_supports_bf16():  # OpenVINO would quietly run f32 instead
+            raise EngineError("the openvino engine runs bf16 only on a CPU with native bf16 (AVX512-BF16 or AMX)")
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32"}
+        # the IR holds fp32 weights; bf16 is the plugin's inference precision (activations and matmuls in bf16)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
         t0 = time.perf_counter()
         if self.precision == "int8":
             source = int8_ir_path(self.manifest_path, self.artifacts)
@@ -68,7 +74,7 @@ class OpenVINOEngine(Engine):
                 raise EngineError("no int8 OpenVINO model for this checkpoint (workbench.inference.quantize makes one)")
             self.info["ir"] = str(source)
         elif self.artifacts is not None:
-            source = self.artifacts / f"openvino-{ov.__version__.split('-')[0]}-fp32.xml"
+            source = self.artifacts / f"openvino-{ov.__version__.split('-')[0]}-fp32.xml"  # bf16 compiles the same IR
             self.info["ir_cached"] = source.is_file() and source.with_suffix(".bin").is_file()
             if not self.info["ir_cached"]:
                 self._save(convert(model, self.in_chans), source)
