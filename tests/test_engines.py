@@ -216,3 +216,19 @@ def test_openvino_bf16_is_refused_without_native_bf16(monkeypatch):
     monkeypatch.setattr(ov_engine, "cpu_supports_bf16", lambda: False)
     with pytest.raises(EngineError, match="native bf16"):
         ov_engine.OpenVINOEngine(make_tiny_model("fcn8s").eval(), precision="bf16")
+
+
+def test_int8_is_a_candidate_only_where_its_stored_test_agreement_passes_parity():
+    from workbench.io.manifest import Manifest
+
+    def manifest(**int8):
+        return Manifest.from_dict({"architecture": "unet", "inference": {"int8": int8}})
+
+    assert choose.int8_refusal(manifest()) is None  # nothing stored: judged by the measurement alone
+    good = {"accepted": True, "test_label_agreement": {"mean": 0.997, "worst": 0.99, "images": 59}}
+    assert choose.int8_refusal(manifest(**good)) is None
+    low_mean = {"accepted": True, "test_label_agreement": {"mean": 0.9858, "worst": 0.99, "images": 59}}
+    assert "98.58%" in choose.int8_refusal(manifest(**low_mean))
+    low_worst = {"accepted": True, "test_label_agreement": {"mean": 0.996, "worst": 0.9617, "images": 59}}
+    assert "96.17%" in choose.int8_refusal(manifest(**low_worst))
+    assert "refused by workbench quantize" in choose.int8_refusal(manifest(accepted=False, reason="drop 0.8 points"))

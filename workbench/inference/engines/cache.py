@@ -29,7 +29,7 @@ from . import ENGINES
 
 __all__ = ["cache_root", "engines_dir", "artifacts_dir", "decision_key", "decision_path", "read_decision", "write_decision", "library_version", "int8_ir_path", "SCHEMA"]
 
-SCHEMA = 1  # bump when a decision file's layout changes: older files are then ignored
+SCHEMA = 2  # 2: OpenVINO bf16 candidates, int8 judged by its stored test agreement. Bump when a decision file's layout changes: older files are then ignored
 
 
 def cache_root() -> Path:

@@ -29,11 +29,11 @@ from ...io.images import load_image
 from ...io.manifest import Manifest
 from ...paths import resolve_data_root
 from ...system.machine import cpu_supports_bf16
-from ..parity_rule import parity_holds
+from ..parity_rule import PARITY_OVERALL, PARITY_WORST_IMAGE, parity_holds
 from . import CPU_ENGINES, Engine, engine_class
 from .cache import decision_key, int8_ir_path, read_decision, write_decision
 
-__all__ = ["Choice", "choose_engine", "candidates", "measurement_images", "measure", "measurement_count", "IMAGE_SUFFIXES"]
+__all__ = ["Choice", "choose_engine", "candidates", "int8_refusal", "measurement_images", "measure", "measurement_count", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NUM_IMAGES = 3
@@ -65,9 +65,24 @@ def candidates(manifest: Manifest, manifest_path=None, artifacts: Path | None = 
     out += [("openvino", "fp32"), ("onnxruntime", "fp32")]
     if bf16:
         out.append(("openvino", "bf16"))
-    if int8_ir_path(manifest_path, artifacts) is not None:
+    if int8_ir_path(manifest_path, artifacts) is not None and int8_refusal(manifest) is None:
         out.append(("openvino", "int8"))
     return out
+
+
+def int8_refusal(manifest: Manifest) -> str | None:
+    """Why the checkpoint's int8 model is not a candidate, from what ``workbench quantize`` stored in the manifest
+    (``inference.int8``): refused by its mIoU check, or labels that fail the parity rule on the test images it
+    compared (a few measurement images can pass by luck). None: a candidate (or nothing stored to judge by)."""
+    entry = (manifest.get("inference") or {}).get("int8") or {}
+    if entry.get("accepted") is False:
+        return f"refused by workbench quantize: {entry.get('reason', 'no reason stored')}"
+    agreement = entry.get("test_label_agreement") or {}
+    mean, worst = agreement.get("mean"), agreement.get("worst")
+    if mean is not None and worst is not None and not (mean >= PARITY_OVERALL and worst >= PARITY_WORST_IMAGE):
+        return (f"its labels agree with fp32 eager on {100 * mean:.2f}% of the pixels of {agreement.get('images', '?')} test images "
+                f"(worst image {100 * worst:.2f}%), under the parity rule ({100 * PARITY_OVERALL:.1f}%, {100 * PARITY_WORST_IMAGE:.1f}%)")
+    return None
 
 
 def measurement_images(manifest: Manifest, mode: str, n: int = NUM_IMAGES, data_root=None) -> tuple[list[Image.Image], str]:
@@ -185,6 +200,9 @@ def choose_engine(reference: nn.Module, model: nn.Module, *, weights_sha256: str
     images, described = measurement_images(manifest, mode, data_root=data_root)
     inputs = [preprocess(im).contiguous() for im in images]
     rows, built = measure(reference, model, inputs, candidates(manifest, manifest_path, artifacts), in_chans=in_chans, artifacts=artifacts, manifest_path=manifest_path)
+    refused = int8_refusal(manifest)
+    if refused and int8_ir_path(manifest_path, artifacts) is not None:  # in the record: why int8 was not measured
+        rows.append({"engine": "openvino", "precision": "int8", "error": f"not measured: {refused}"})
     ok = [r for r in rows if r["engine"] != "torch eager" and r.get("parity")]
     best = min(ok, key=lambda r: r["latency_ms"]) if ok else next(r for r in rows if r["engine"] == "torch" and "latency_ms" in r)
     when = datetime.date.today().isoformat()
