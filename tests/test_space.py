@@ -68,13 +68,26 @@ def test_packages_txt_installs_an_allocator_the_app_finds():
     assert all(installs[kind_of[p]] in KINDS[kind_of[p]] for p in packages)
 
 
-def test_without_camvid_the_app_offers_a_builtin_synthetic_example(monkeypatch, tmp_path):
+def test_without_a_data_root_the_app_offers_the_shipped_camvid_examples(monkeypatch, tmp_path):
+    """A Space has no data root: the examples are the real CamVid test images shipped in workbench/examples,
+    each with its label map; the synthetic image is only the fallback when those are missing too."""
     from workbench.app import common
+    from workbench.data import examples as shipped
 
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
+    examples = common.example_images()
+    assert 4 <= len(examples) <= 6 and examples == [str(p) for p in shipped.shipped_camvid_images()]
+    for ex in examples:
+        assert Path(ex).parent == shipped.examples_root() / "camvid" / "test"
+        assert (shipped.examples_root() / "camvid" / "testannot" / Path(ex).name).is_file()
+        im = Image.open(ex)
+        assert im.size == (480, 360) and im.mode == "RGB"
+    total = sum(p.stat().st_size for p in shipped.examples_root().rglob("*") if p.is_file())
+    assert total < 5e6  # a few MB in all
+
+    monkeypatch.setattr(common, "shipped_camvid_images", lambda: [])  # an installation without the shipped examples
     (ex,) = common.example_images()
-    im = Image.open(ex)
-    assert im.size == (480, 360) and im.mode == "RGB"
+    assert ex == common.synthetic_example() and Image.open(ex).size == (480, 360)
     assert common.example_images() == [ex]  # made once, then reused
 
 
@@ -188,8 +201,9 @@ def test_warming_fills_the_cache_in_the_background(monkeypatch, tmp_path):
     monkeypatch.setattr(segment, "_EXAMPLE_CACHE", {})
     monkeypatch.setattr(segment, "_EXAMPLE_DIGESTS", set())
     paths = segment.register_examples(common.example_images())
+    assert len(paths) >= 4  # the shipped CamVid examples
     segment.warm_examples(paths, ["naive"]).join(timeout=120)
-    assert len(segment._EXAMPLE_CACHE) == 1
+    assert len(segment._EXAMPLE_CACHE) == len(paths)
     monkeypatch.setattr(segment, "segment_stream", lambda *a, **k: pytest.fail("not answered from the cache"))
     steps = list(compare.compare_stream(paths[0], ["naive"], 0.5))  # a cached answer streams: running, then done
     assert "running" in steps[0].cards["naive"]["header"] and steps[-1].cards["naive"]["mask"] is not None
@@ -285,3 +299,80 @@ def test_every_handler_that_runs_a_network_asks_for_the_gpu(tmp_path):
     for handler in ("CompareTab.run", "task_representation", "describe_architecture", "lab_trained"):
         assert handler in reached, out["reached"]
     assert "new_handler" in out["rogue"]  # an unwrapped handler is caught
+
+
+# --- no data root: every tab works from the shipped examples
+
+
+def test_shipped_examples_get_ground_truth_error_maps_and_scores(monkeypatch, tmp_path):
+    """The Compare tab finds the shipped label map of a shipped example (and of Gradio's copy of it, which keeps
+    the name and the bytes), so a Space shows the ground truth, error maps and per-image scores; a different
+    image under the same name gets none."""
+    import shutil
+
+    import numpy as np
+
+    from workbench.app import common, compare
+    from workbench.data import examples as shipped
+
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "nothing"))
+    example = common.example_images()[0]
+    served = tmp_path / "gradio-cache" / Path(example).name
+    served.parent.mkdir()
+    shutil.copy(example, served)
+    out = compare.compare(str(served), ["fcn8s"], 0.5)
+    gt = out.ground_truth
+    assert gt["visible"] is True and gt["value"].size == (480, 360)
+    labels = np.asarray(Image.open(shipped.examples_root() / "camvid" / "testannot" / Path(example).name))
+    from workbench.classes import CAMVID_CLASSES
+
+    gt_rgb = np.asarray(gt["value"].convert("RGB"))
+    assert (gt_rgb[labels == 3] == CAMVID_CLASSES[3]["color"]).all()  # road in road colour, from the shipped label map
+    card = out.cards["fcn8s"]
+    assert card["errors"]["visible"] is True and "on this image: mIoU" in card["header"]
+
+    Image.open(example).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(served)  # same name, other pixels
+    assert compare.compare(str(served), ["naive"], 0.5).ground_truth["visible"] is False
+
+
+@pytest.mark.slow
+def test_every_tab_works_from_the_shipped_examples_without_a_data_root(monkeypatch, tmp_path):
+    """Build the app with WORKBENCH_DATA_ROOT pointing to an empty folder (as on a Space) and run every event
+    handler with the first example in its image inputs and every other input at its initial value: none fails
+    (a gr.Error such as "ISBI 2012 membranes not found" counts as a failure)."""
+    import inspect
+
+    import gradio as gr
+
+    from workbench.app import build_app, common, weights
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(empty))
+    example = common.example_images()[0]
+    assert "/examples/camvid/test/" in example
+    demo = build_app(selection=["fcn8s", "naive"])
+
+    def value(component):
+        if isinstance(component, gr.Image):
+            return example
+        return None if isinstance(component, gr.State) else component.value
+
+    ran, failed = [], {}
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None or block_fn.fn.__module__.startswith("gradio"):  # Gradio's own example loader
+            continue
+        name = getattr(block_fn.fn, "__qualname__", block_fn.name)
+        try:
+            out = block_fn.fn(*[value(c) for c in block_fn.inputs])
+            if inspect.isgenerator(out):
+                list(out)
+            ran.append(name)
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    assert not failed, failed
+    for handler in ("CompareTab.run", "task_representation", "lab_operators", "lab_trained", "class_weights_view", "isbi_view", "leaderboard_view"):
+        assert handler in ran, ran
+    assert weights._slider_range() == (24, 26)  # the shipped ISBI slices
+    text = weights.isbi_view(26)[-1]
+    assert "shipped with the app" in text and text.count("pixel error") == 2  # both shipped U-Nets ran on it

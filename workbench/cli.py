@@ -203,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", default=None, help="Hub token for private repositories (default: $HF_TOKEN)")
     s.set_defaults(func="workbench.commands:cmd_hub_pull")
 
+    s = sub.add_parser("space", help="the Hugging Face Space: `workbench space deploy USER/NAME` assembles and uploads it")
+    s.set_defaults(func="workbench.tools.space:cmd_space")  # dispatches on space_command
+    space = s.add_subparsers(dest="space_command", required=True)
+    s = space.add_parser("deploy", help="assemble the Space (app, package, plugins, checkpoints, examples, README front matter, requirements) and upload it with huggingface_hub; --dry-run only lists and checks")
+    s.add_argument("repo_id", metavar="USER/NAME", help="the Space on the Hub (created if missing)")
+    s.add_argument("--dry-run", action="store_true", help="upload nothing: list every file with its size and storage (git or LFS/Xet) and check the front matter and files against the Hub's rules")
+    s.add_argument("--staging", default=None, metavar="DIR", help="assemble the Space in DIR (new or empty) and keep it (default: a temporary folder, removed afterwards; with --dry-run nothing is written unless given)")
+    s.add_argument("--token", default=None, help="Hub token with write access (default: $HF_TOKEN or the one saved by `hf auth login`)")
+    s.add_argument("--private", action="store_true", help="create the Space private (an existing Space keeps its visibility)")
+    s.add_argument("--title", default=None, help="the Space's title (default: the README front matter's)")
+    s.add_argument("--message", default=None, help="commit message")
+
     s = sub.add_parser("app", help="start the Gradio app")
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--engine", default=None, choices=["auto", "torch", "openvino", "onnxruntime"], help="inference engine for every model (default: $WORKBENCH_ENGINE, else auto: the fastest whose labels match PyTorch's, measured at launch once per machine)")

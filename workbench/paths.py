@@ -22,6 +22,7 @@ __all__ = [
     "bundled_path",
     "plugins_dirs",
     "checkpoints_dir",
+    "examples_dir",
     "resolve_data_root",
     "DATA_ROOT_ENV",
 ]
@@ -58,6 +59,12 @@ def checkpoints_dir() -> Path:
     """Folder with the shipped checkpoints (``WORKBENCH_CHECKPOINTS`` overrides)."""
     override = os.environ.get(CHECKPOINTS_ENV)
     return Path(override) if override else bundled_path("checkpoints")
+
+
+def examples_dir() -> Path:
+    """The examples shipped inside the package (``workbench/examples/``, laid out like a data root): a few
+    CamVid test images and ISBI slices with their labels, for a Space or a clone without data (docs/data.md)."""
+    return PACKAGE_DIR / "examples"
 
 
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:

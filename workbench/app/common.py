@@ -21,6 +21,7 @@ from PIL import Image
 
 import workbench
 from workbench.data.datasets import synthetic_sample
+from workbench.data.examples import shipped_camvid_images
 from workbench.inference.predictor import Predictor
 from workbench.inference.zoo import Zoo, discover_checkpoints
 from workbench.io.checkpoint import atomic_write_bytes
@@ -108,15 +109,20 @@ def default_selection() -> list[str]:
 # --- examples and uploads
 
 
-def example_images(n: int = 4) -> list[str]:
-    """A few CamVid test images from the data root when the data is present (``workbench fetch-data camvid``),
-    else one built-in synthetic image (shapes on a texture, made in code), so a fresh Space has an example."""
+def example_images(n: int = 5) -> list[str]:
+    """The app's example images: ``n`` CamVid test images from the data root when the data is there
+    (``workbench fetch-data camvid``), else the CamVid test images shipped with the package (real street scenes
+    with their label maps, so ground truth and scores show on a Space), else, only if those are missing too, one
+    built-in synthetic image (shapes on a texture, made in code)."""
     folder = resolve_data_root() / "camvid" / "test"
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
-    if not files:
-        return [synthetic_example()]
-    step = max(1, len(files) // n)
-    return [str(p) for p in files[::step][:n]]
+    if files:
+        step = max(1, len(files) // n)
+        return [str(p) for p in files[::step][:n]]
+    shipped = shipped_camvid_images()
+    if shipped:
+        return [str(p) for p in shipped[:n]]
+    return [synthetic_example()]
 
 
 def synthetic_example() -> str:

@@ -11,6 +11,8 @@ from workbench import viz
 from workbench.classes import IGNORE_INDEX, ISBI_CLASSES
 from workbench.data import weighting
 from workbench.data.datasets import DatasetError, build_dataset
+from workbench.data.examples import shipped_isbi, shipped_isbi_slices
+from workbench.data.isbi import ISBI_TEST_SLICES
 from workbench.evaluation import leaderboard as lb
 from workbench.evaluation.metrics import foreground_iou, pixel_error, rand_error
 from workbench.inference.predictor import Predictor
@@ -20,7 +22,7 @@ from workbench.paths import bundled_path, checkpoints_dir
 from .common import HEAVY, LIGHT, engine_kwargs
 from .gpu import on_gpu
 
-__all__ = ["build", "camvid_class_weights", "class_weights_view", "isbi_predictors", "isbi_view"]
+__all__ = ["build", "camvid_class_weights", "class_weights_view", "isbi_predictors", "isbi_test_set", "isbi_view"]
 
 _WEIGHTS_CACHE: dict[str, dict] = {}
 _ISBI: dict[str, Predictor] = {}
@@ -72,27 +74,51 @@ def isbi_predictors() -> dict[str, Predictor]:
     return _ISBI
 
 
+def isbi_test_set():
+    """``(dataset, source)``: the held-out ISBI slices from the data root, else the slices shipped with the
+    package (``workbench/examples``; a Space has no data root). Raises ``gr.Error`` if neither is there."""
+    try:
+        return build_dataset("isbi", "test"), "data root"
+    except DatasetError as exc:
+        missing = str(exc)
+    try:
+        return shipped_isbi(), "shipped"
+    except DatasetError:
+        raise gr.Error(f"{missing} (and no ISBI slices are shipped with this installation)") from None
+
+
+def _slider_range() -> tuple[int, int]:
+    """The held-out slices the view can show: 24-29 with the data root's ISBI stack, else the shipped ones."""
+    try:
+        build_dataset("isbi", "test")
+        return min(ISBI_TEST_SLICES), max(ISBI_TEST_SLICES)
+    except DatasetError:
+        shipped = shipped_isbi_slices()
+        return (min(shipped), max(shipped)) if shipped else (min(ISBI_TEST_SLICES), max(ISBI_TEST_SLICES))
+
+
 @on_gpu(duration=20)
 def isbi_view(slice_index: float) -> list:
     """An ISBI held-out slice: image, label, the U-Net border weight map, and both U-Nets' predictions with errors.
+
+    Reads the data root's ISBI stack, else the slices shipped with the package (:func:`isbi_test_set`).
 
     Returns:
         ``[image, label, weight map, without, its errors, with, its errors, markdown]`` (None where no checkpoint).
     """
     idx = int(slice_index)
-    try:
-        ds = build_dataset("isbi", "test")
-    except DatasetError as exc:
-        raise gr.Error(str(exc)) from None
+    ds, source = isbi_test_set()
     names = [p.stem for p, _ in ds.files]
     if str(idx) not in names:
-        raise gr.Error(f"slice {idx} is not one of the held-out slices {', '.join(names)}")
+        hint = " shipped with the app (workbench fetch-data isbi brings all six)" if source == "shipped" else ""
+        raise gr.Error(f"slice {idx} is not one of the held-out slices{hint}: {', '.join(names)}")
     sample = ds[names.index(str(idx))]
     image = sample["image"].numpy()[0]
     gt = sample["mask"].numpy()
     weights = weighting.unet_border_weights(gt)
     out = [image, viz.colorize(gt, ISBI_CLASSES), viz.heatmap(weights, 0.0, float(weights.max()), "magma")]
-    lines = [f"Slice {idx} (held out: never trained or selected on). Border weight map: w(x) = w_c(x) + 10 exp(-(d1 + d2)^2 / (2 * 5^2)), max {weights.max():.1f}."]
+    shipped_note = " One of the slices shipped with the app (no ISBI stack under the data root)." if source == "shipped" else ""
+    lines = [f"Slice {idx} (held out: never trained or selected on).{shipped_note} Border weight map: w(x) = w_c(x) + 10 exp(-(d1 + d2)^2 / (2 * 5^2)), max {weights.max():.1f}."]
     preds = isbi_predictors()
     for key in ("without", "with"):
         pred = preds.get(key)
@@ -123,7 +149,8 @@ def build() -> None:
         "with it and the one trained without it on the held-out slices 24-29."
     )
     with gr.Row():
-        isbi_slice = gr.Slider(24, 29, value=24, step=1, label="Held-out ISBI slice")
+        low, high = _slider_range()
+        isbi_slice = gr.Slider(low, high, value=low, step=1, label="Held-out ISBI slice")
         isbi_button = gr.Button("Show slice", variant="primary")
     with gr.Row():
         isbi_img = gr.Image(label="EM slice", format="png", interactive=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CAMVID_CLASSES, CAMVID_VOID
-from ..paths import DATA_ROOT_ENV, resolve_data_root
+from ..paths import DATA_ROOT_ENV, examples_dir, resolve_data_root
 from .base import DatasetError, LabelDecoder, SegDataset, listing, read_image, read_mask
 from .files import IMAGE_EXTS, MASK_EXTS, check_options, check_split, pair_by_name, require_data_root
 
@@ -83,29 +83,33 @@ def _same_file_bytes(a, b, limit: int = 64 << 20) -> bool:
 
 
 def find_ground_truth(path: str | os.PathLike | None, image: np.ndarray, data_root=None) -> np.ndarray | None:
-    """The CamVid label map of ``image`` if it is a CamVid image under the data root, else ``None``.
+    """The CamVid label map of ``image`` if it is a CamVid image under the data root or one of the examples
+    shipped with the package (``workbench/examples/camvid``), else ``None``.
 
-    Matched by file name (uploads keep it) *and* pixel content, so a user's own
-    file that happens to share a name never gets someone else's labels. Void is 255.
+    Matched by file name (uploads keep it) *and* content (the same bytes, else the same decoded pixels), so a
+    user's own file that happens to share a name never gets someone else's labels. Void is 255.
     """
     if not path:
         return None
     name = Path(path).name
+    bases = []
     try:
-        base = resolve_data_root(data_root) / "camvid"
+        bases.append(resolve_data_root(data_root) / "camvid")
     except Exception:
-        return None
-    for split in ("test", "val", "train"):
-        img_path, mask_path = base / split / name, base / f"{split}annot" / name
-        if not (img_path.is_file() and mask_path.is_file()):
-            continue
-        try:
-            if not _same_file_bytes(path, img_path):  # an upload keeps the bytes; else compare decoded pixels
-                ref = read_image(img_path, 3)
-                if ref.shape != np.asarray(image).shape or not np.array_equal(ref, np.asarray(image)):
-                    continue
-            raw = read_mask(mask_path)
-        except Exception:
-            return None
-        return LabelDecoder(len(CAMVID_CLASSES), void=CAMVID_VOID)(raw, mask_path)
+        pass
+    bases.append(examples_dir() / "camvid")
+    for base in bases:
+        for split in ("test", "val", "train"):
+            img_path, mask_path = base / split / name, base / f"{split}annot" / name
+            if not (img_path.is_file() and mask_path.is_file()):
+                continue
+            try:
+                if not _same_file_bytes(path, img_path):  # an upload keeps the bytes; else compare decoded pixels
+                    ref = read_image(img_path, 3)
+                    if ref.shape != np.asarray(image).shape or not np.array_equal(ref, np.asarray(image)):
+                        continue
+                raw = read_mask(mask_path)
+            except Exception:
+                return None
+            return LabelDecoder(len(CAMVID_CLASSES), void=CAMVID_VOID)(raw, mask_path)
     return None
