@@ -426,3 +426,38 @@ def test_gitattributes_in_the_space_and_the_checkout_agree():
     for pattern in ("*.safetensors", "*.bin", "*.onnx", "*.png"):
         assert pattern in rules and pattern in space.LFS_PATTERNS
     assert all(fnmatch.fnmatch(f"x{p.lstrip('*')}", p) for p in rules if p.startswith("*."))
+
+
+STAGED_PROBE = """
+import os, socket, sys
+def refuse(self, address):
+    raise OSError(f"network is down in this probe: {address}")
+socket.socket.connect = refuse  # as a Space whose network is down: everything must come from its own files
+import workbench
+assert workbench.__file__.startswith(os.getcwd()), workbench.__file__  # the staged package, not the checkout
+from workbench.app import build_app, common, compare, weights
+examples = common.example_images()
+assert examples and all(p.startswith(os.getcwd()) for p in examples), examples
+build_app(examples=examples, selection=["fcn8s", "unet"])
+out = compare.compare(examples[0], ["fcn8s", "unet"], 0.5)
+assert out.ground_truth["visible"] and all("on this image: mIoU" in out.cards[a]["header"] and "trained" in out.cards[a]["header"] for a in ("fcn8s", "unet"))
+assert weights.isbi_view(24)[-1].count("pixel error") == 2
+print("staged space ok", len(examples))
+"""
+
+
+@pytest.mark.slow
+def test_the_staged_space_runs_on_its_own_files_with_the_network_down(tmp_path, plan):
+    """The staged folder is the whole Space: with the checkout out of the path, no data root and sockets refused,
+    the app builds, the trained checkpoints run on the shipped examples with their ground truth, and the ISBI view works."""
+    import os
+    import subprocess
+    import sys
+
+    staged = stage_space(plan, tmp_path / "space")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "WORKBENCH_"))}
+    env.update(WORKBENCH_DATA_ROOT=str(empty), WORKBENCH_ENGINE="torch", HF_HUB_OFFLINE="1", HOME=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", STAGED_PROBE], cwd=staged, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "staged space ok" in res.stdout, res.stderr[-3000:]
