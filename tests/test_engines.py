@@ -31,6 +31,7 @@ def _isolated_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WORKBENCH_DATA_ROOT", str(tmp_path / "no_data"))
     monkeypatch.delenv("WORKBENCH_ENGINE", raising=False)
+    monkeypatch.setattr(choose, "examples_dir", lambda: tmp_path / "no_examples")  # nor the shipped examples
     monkeypatch.setattr(choose, "SYNTHETIC_SIZE", (64, 96))  # small measurements: the tiny models are the point
     monkeypatch.setattr(choose, "ROUNDS", 2)
 
@@ -232,3 +233,16 @@ def test_int8_is_a_candidate_only_where_its_stored_test_agreement_passes_parity(
     low_worst = {"accepted": True, "test_label_agreement": {"mean": 0.996, "worst": 0.9617, "images": 59}}
     assert "96.17%" in choose.int8_refusal(manifest(**low_worst))
     assert "refused by workbench quantize" in choose.int8_refusal(manifest(accepted=False, reason="drop 0.8 points"))
+
+
+def test_measurement_images_come_from_the_data_root_else_the_shipped_examples(tmp_path, monkeypatch):
+    from workbench.io.manifest import Manifest
+    from workbench.paths import examples_dir
+
+    monkeypatch.setattr(choose, "examples_dir", examples_dir)  # undo the fixture: the package's own examples
+    camvid = Manifest.from_dict({"architecture": "unet", "dataset": {"name": "camvid"}})
+    images, described = choose.measurement_images(camvid, "RGB", data_root=tmp_path / "no_data")
+    assert len(images) == choose.NUM_IMAGES and "shipped with the package" in described  # what a Space measures on
+    isbi = Manifest.from_dict({"architecture": "unet", "dataset": {"name": "isbi"}})
+    images, described = choose.measurement_images(isbi, "L", data_root=tmp_path / "no_data")
+    assert images[0].mode == "L" and "isbi" in described

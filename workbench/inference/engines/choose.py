@@ -27,7 +27,7 @@ from PIL import Image
 
 from ...io.images import load_image
 from ...io.manifest import Manifest
-from ...paths import resolve_data_root
+from ...paths import examples_dir, resolve_data_root
 from ...system.machine import cpu_supports_bf16
 from ..parity_rule import PARITY_OVERALL, PARITY_WORST_IMAGE, parity_holds
 from . import CPU_ENGINES, Engine, engine_class
@@ -86,12 +86,13 @@ def int8_refusal(manifest: Manifest) -> str | None:
 
 
 def measurement_images(manifest: Manifest, mode: str, n: int = NUM_IMAGES, data_root=None) -> tuple[list[Image.Image], str]:
-    """Up to ``n`` images of the checkpoint's dataset (val, else test, else train) from the data root, else
-    one fixed-seed synthetic image (:data:`SYNTHETIC_SIZE`); and a description of what was used."""
+    """Up to ``n`` images of the checkpoint's dataset (val, else test, else train) from the data root, else from
+    the examples shipped in the package (a Space has no data root), else one fixed-seed synthetic image
+    (:data:`SYNTHETIC_SIZE`); and a description of what was used."""
     dataset = (manifest.dataset_name or "camvid").lower()
-    root = resolve_data_root(data_root)
-    for folder in sorted(root.glob(f"{dataset}*")) if root.is_dir() else []:
-        for split in ("val", "test", "train"):
+    roots = [resolve_data_root(data_root), examples_dir()]  # the data root, else the examples shipped in the package
+    for root, folder in ((r, f) for r in roots if r.is_dir() for f in sorted(r.glob(f"{dataset}*"))):
+        for split in ("val", "test", "train", "image"):  # "image": the ISBI stack's folder
             files = sorted(p for p in (folder / split).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if (folder / split).is_dir() else []
             images = []
             for path in files[: 2 * n]:
@@ -102,7 +103,8 @@ def measurement_images(manifest: Manifest, mode: str, n: int = NUM_IMAGES, data_
                 if len(images) == n:
                     break
             if images:
-                return images, f"{len(images)} {folder.name} {split} images"
+                shipped = " shipped with the package" if root == examples_dir() else ""
+                return images, f"{len(images)} {folder.name} {split} images{shipped}"
     gen = torch.Generator().manual_seed(0)
     channels = 1 if mode == "L" else 3
     smooth = F.interpolate(torch.rand(1, channels, 23, 30, generator=gen), size=SYNTHETIC_SIZE, mode="bilinear", align_corners=False)
