@@ -1,0 +1,88 @@
+"""What the models know, in words and pictures, for the app's tabs: the training data and classes, the
+out-of-distribution verdict (:mod:`workbench.inference.ood`), the confidence view and the downloads.
+
+Plain functions over predictions; no Gradio here, so the Compare tab (or any other) calls them and the tests
+need no browser.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import viz
+from ..inference.ood import OodResult, load_calibrations
+from ..inference.predictor import Prediction
+from ..io.exports import label_png_bytes, results_zip
+
+__all__ = ["training_note", "ood_verdict", "ood_html", "confidence_view", "label_png", "request_zip"]
+
+DATASET_NOTES = {
+    "camvid": "CamVid: 367 training frames filmed from a car driving through Cambridge, UK (daylight and dusk street scenes)",
+    "isbi": "ISBI 2012: 30 electron-microscopy slices of a fly's nerve cord (membranes vs. cell interior)",
+}
+
+
+def training_note(classes: Sequence[Mapping[str, Any]], dataset: str = "camvid") -> str:
+    """Markdown naming the training data and the classes the models can answer with."""
+    names = ", ".join(str(c["name"]) for c in classes)
+    about = DATASET_NOTES.get(dataset.lower(), dataset)
+    return (f"**What these models know.** Trained on {about}. They can only answer with these "
+            f"{len(classes)} classes: {names}. Anything else in a picture is painted as the nearest of these.")
+
+
+def ood_verdict(predictions: Iterable[tuple[str | None, Prediction]]) -> OodResult | None:
+    """The out-of-distribution verdict for one image from the predictions made on it, as ``(weights sha256,
+    Prediction)`` pairs (``predictor.manifest.sha256``). The first checkpoint in ``workbench/inference/ood.json``'s order
+    that ran decides (each is calibrated for its own logits); ``None`` when no calibrated checkpoint ran."""
+    by_sha = {sha: p for sha, p in predictions if sha and isinstance(p, Prediction)}
+    for cal in load_calibrations():
+        if cal.sha256 in by_sha:
+            return cal.score_logits(by_sha[cal.sha256].logits_work)
+    return None
+
+
+def ood_html(result: OodResult | None) -> str:
+    """A notice for a flagged image (empty for an in-distribution one or no verdict), with the score."""
+    if result is None or not result.flagged:
+        return ""
+    return (
+        '<div class="wb-ood" role="alert" style="border-left:4px solid #d97706;padding:6px 10px;background:rgba(217,119,6,0.08)">'
+        f"{html.escape(result.message)} <span style=\"opacity:0.7;font-size:0.85em\">(out-of-distribution score "
+        f"{result.score:.2f} &gt; threshold {result.threshold:.2f}, from {html.escape(result.checkpoint)}; docs/ood.md)</span></div>"
+    )
+
+
+def confidence_view(prediction: Prediction, kind: str = "max") -> tuple[np.ndarray, str]:
+    """A card's confidence view: ``(RGB image at the original size, HTML legend)``; dark = unsure."""
+    rgb, scale = viz.confidence_image(prediction.probs, kind)
+    return rgb, viz.confidence_legend_html(scale)
+
+
+def label_png(prediction: Prediction) -> bytes:
+    """A prediction's label map as an index PNG (class colours in the palette)."""
+    return label_png_bytes(prediction.labels, prediction.classes)
+
+
+def request_zip(results: Sequence[tuple[str, Prediction]], *, overlay_alpha: float = 0.5, confidence: str | None = "max",
+                summary: Mapping[str, Any] | None = None) -> bytes:
+    """All results of one request as a zip (:func:`workbench.io.exports.results_zip`): per model the label PNG,
+    the overlay on the input, the confidence view (``confidence=None`` skips it) and, in ``results.json``, the
+    engine, precision, timings and latency; ``summary`` adds request-level facts (e.g. the OOD verdict)."""
+    if not results:
+        raise ValueError("no results to pack")
+    image = np.asarray(results[0][1].image.convert("RGB"))
+    models = []
+    for name, p in results:
+        mask = viz.colorize(p.labels, p.classes)
+        base = image if image.shape[:2] == mask.shape[:2] else np.asarray(p.image.convert("RGB"))
+        conf = viz.confidence_image(p.probs, confidence)[0] if confidence else None
+        models.append({
+            "name": name, "labels": p.labels, "classes": p.classes, "overlay": viz.overlay(base, mask, overlay_alpha), "confidence": conf,
+            "info": {"engine": p.engine, "precision": p.engine_precision, "latency_ms": round(p.latency_ms, 1),
+                     "timings_ms": {k: round(v, 1) for k, v in p.timings.items()}},
+        })
+    return results_zip(models, image=image, summary=summary)
