@@ -36,7 +36,7 @@ from ..inference.ood import COMPONENTS, OOD_FILE, LayoutPrior, OodCalibration, c
 from ..inference.predictor import Predictor
 from ..io.manifest import Manifest, checkpoint_paths
 from ..paths import checkpoints_dir, resolve_data_root
-from ..system.machine import machine_description
+from ..system.machine import machine_description, machine_line
 
 __all__ = ["auroc", "layout_prior", "ood_images", "calibrate", "write_results", "main", "DEFAULT_CHECKPOINTS"]
 
@@ -327,7 +327,7 @@ def write_results(out: dict[str, Any], ood_path: Path, bench_dir: Path | None, c
     _atomic_write(bench_dir / "ood_calibration.json", json.dumps(bench, indent=1) + "\n")
     lines = [
         "# Out-of-distribution score: calibration and held-out accuracy", "",
-        f"Machine: {machine}. Command: `{command}` ({out['seconds']:.0f} s). Written {created}.", "",
+        f"Machine: {machine_line(machine)}, ISA {machine.get('isa')}, native bf16: {'yes' if machine.get('bf16') else 'no'}. Command: `{command}` ({out['seconds']:.0f} s). Written {created}.", "",
         f"In-distribution: CamVid val calibrates (statistics; the threshold keeps at least {_pct(out['keep'])} of val and sits in the middle of the gap to the calibration OOD images), CamVid test is held out. "
         "Out-of-distribution: matplotlib and scikit-image sample images, ISBI membrane slices, synthetic textures; "
         "alternate images per source go to the calibration and the held-out half. The method is chosen by calibration AUROC, then the gap. "
