@@ -177,8 +177,21 @@ def test_ood_verdict_uses_the_calibrated_checkpoint(prediction):
     if not cals:
         pytest.skip("no workbench/inference/ood.json")
     cal = cals[0]
-    result = knowledge.ood_verdict([("not-a-sha", prediction), (cal.sha256, prediction)])
+    result = knowledge.ood_verdict([("not-a-sha", prediction), (cal.sha256, prediction), (cal.sha256, ValueError("failed"))])
     assert result is not None and result.checkpoint == cal.checkpoint
     assert result.score == pytest.approx(cal.score_logits(prediction.logits_work).score)
     if result.flagged:
         assert "street scenes" in knowledge.ood_html(result)
+
+
+def test_ood_verdict_flags_only_when_every_calibrated_checkpoint_does(prediction, monkeypatch):
+    from workbench.inference.ood import LayoutPrior, OodCalibration
+
+    prior = LayoutPrior.from_counts(np.ones((11, 2, 2)))
+    alarmed = OodCalibration("alarmed", "a" * 64, (("entropy", 0.0, 0.01),), -1e6, prior)
+    calm = OodCalibration("calm", "b" * 64, (("entropy", 0.0, 0.01),), 1e6, prior)
+    monkeypatch.setattr(knowledge, "load_calibrations", lambda: (alarmed, calm))
+    both = knowledge.ood_verdict([("a" * 64, prediction), ("b" * 64, prediction)])
+    assert both.checkpoint == "calm" and not both.flagged and knowledge.ood_html(both) == ""
+    alone = knowledge.ood_verdict([("a" * 64, prediction)])
+    assert alone.checkpoint == "alarmed" and alone.flagged and "street scenes" in knowledge.ood_html(alone)

@@ -325,6 +325,25 @@ def write_results(out: dict[str, Any], ood_path: Path, bench_dir: Path | None, c
              "layout_grid": out["layout_grid"], "layout_prior_images": out["layout_prior_images"],
              "seconds": round(out["seconds"], 1), "results": out["results"]}
     _atomic_write(bench_dir / "ood_calibration.json", json.dumps(bench, indent=1) + "\n")
+    _atomic_write(bench_dir / "ood_calibration.md", render_markdown(bench, out["calibrations"]))
+
+
+def agreement_rates(results: list[dict[str, Any]], calibrations) -> dict[str, float]:
+    """Share of images flagged per set (``camvid_test``, ``ood_held_out``, ...) under the app's rule: flagged only
+    when every calibrated checkpoint flags it (:func:`workbench.app.knowledge.ood_verdict`)."""
+    by_name = {c.checkpoint: c for c in calibrations}
+    flags: dict[str, np.ndarray] = {}
+    for r in results:
+        cal = by_name[r["checkpoint"]]
+        for key, rows in r["scores"].items():
+            f = np.array([cal.combine(row) > cal.threshold for row in rows])
+            flags[key] = f if key not in flags else flags[key] & f
+    return {k: float(v.mean()) for k, v in flags.items()}
+
+
+def render_markdown(bench: dict[str, Any], calibrations) -> str:
+    """``benchmarks/ood_calibration.md`` from the benchmark record (``ood_calibration.json``) and the calibrations."""
+    machine, out, created, command = bench["machine"], bench, bench["created"], bench["command"]
     lines = [
         "# Out-of-distribution score: calibration and held-out accuracy", "",
         f"Machine: {machine_line(machine)}, ISA {machine.get('isa')}, native bf16: {'yes' if machine.get('bf16') else 'no'}. Command: `{command}` ({out['seconds']:.0f} s). Written {created}.", "",
@@ -352,7 +371,14 @@ def write_results(out: dict[str, Any], ood_path: Path, bench_dir: Path | None, c
             lines += ["", "Near-OOD probes (CamVid test images altered; not part of the threshold): " + ", ".join(
                 f"{k.removeprefix('probe_').replace('_', ' ')} {_pct(v)} flagged" for k, v in r["near_ood_probes_caught"].items())]
         lines.append("")
-    _atomic_write(bench_dir / "ood_calibration.md", "\n".join(lines))
+    if len(out["results"]) > 1:
+        rates = agreement_rates(out["results"], calibrations)
+        names = " and ".join(r["checkpoint"] for r in out["results"])
+        lines += ["## All checkpoints agree (the app's rule)", "",
+                  f"The app flags an image only when every calibrated checkpoint that ran flags it; with {names} both running:", ""]
+        lines += [f"- {k.replace('_', ' ')}: {_pct(v)} flagged" for k, v in rates.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _atomic_write(path: Path, text: str) -> None:
