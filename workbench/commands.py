@@ -80,50 +80,83 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _each_checkpoint(patterns, verb: str, work) -> tuple[list, list, int] | None:
+    """Run ``work(checkpoint)`` for every manifest ``patterns`` name (globs welcome), one at a time.
+
+    Prints the collection's warnings; a checkpoint that fails (cannot be loaded, no data, a model the engine
+    cannot run) is reported and the others still run. Returns ``(checkpoints, results, failed)`` with the
+    non-None results, or None (after printing why) when no checkpoint matched.
+    """
+    checkpoints, warnings_ = collect_checkpoints(patterns)
+    for w in warnings_:
+        print(f"warning: {w}", file=sys.stderr)
+    if not checkpoints:
+        print(f"error: no checkpoint to {verb} (give .json manifests written by save_checkpoint)", file=sys.stderr)
+        return None
+    results, failed = [], 0
+    for ckpt in checkpoints:
+        try:
+            res = work(ckpt)
+        except (CheckpointError, EvaluationError, ValueError, RuntimeError) as exc:  # RuntimeError: a runtime that cannot convert or run the model
+            failed += 1
+            print(f"error: {ckpt}: {exc}", file=sys.stderr)
+            continue
+        if res is not None:
+            results.append(res)
+    if failed:
+        print(f"{failed} of {len(checkpoints)} checkpoint(s) could not {verb}", file=sys.stderr)
+    return checkpoints, results, failed
+
+
 def cmd_eval(args) -> int:
     """``workbench eval CHECKPOINT ...``: metrics JSON, leaderboard and confusion plots per split; 2 if any failed."""
     if args.update_manifests:  # refused before any work, not after minutes of evaluation
         extra = protocol_deviations({"flip": args.flip, "scales": args.scales, "limit": args.limit})
+        if args.engine != "torch":  # the manifest's metrics are the PyTorch model's; int8 figures go through workbench quantize
+            extra = [*extra, "engine"]
         if extra:
             print(
-                f"error: --update-manifests records the standard protocol ({STANDARD_PROTOCOL}); "
+                f"error: --update-manifests records the standard protocol ({STANDARD_PROTOCOL}) run through PyTorch; "
                 f"drop {' '.join('--' + k for k in extra)} or evaluate without --update-manifests",
                 file=sys.stderr,
             )
             return 2
-    checkpoints, warnings = collect_checkpoints(args.checkpoints)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if not checkpoints:
-        print("error: no checkpoint to evaluate (give .json manifests written by save_checkpoint)", file=sys.stderr)
-        return 2
-    results, failed = [], 0
-    for ckpt in checkpoints:
-        try:
-            results.append(
-                evaluate_checkpoint(
-                    ckpt,
-                    dataset=args.dataset,
-                    split=args.split,
-                    data_root=args.data_root,
-                    dataset_options=dict(args.dataset_option or []) or None,
-                    flip=args.flip,
-                    scales=args.scales,
-                    window=tuple(args.window) if args.window else None,
-                    stride=tuple(args.stride) if args.stride else None,
-                    limit=args.limit,
-                    device=args.device,
-                    precision=args.precision,
-                    progress=not args.quiet,
-                    cost=args.cost or args.update_manifests,
-                    engine=args.engine,
-                )
+
+    def work(ckpt):
+        res = evaluate_checkpoint(
+            ckpt,
+            dataset=args.dataset,
+            split=args.split,
+            data_root=args.data_root,
+            dataset_options=dict(args.dataset_option or []) or None,
+            flip=args.flip,
+            scales=args.scales,
+            window=tuple(args.window) if args.window else None,
+            stride=tuple(args.stride) if args.stride else None,
+            limit=args.limit,
+            device=args.device,
+            precision=args.precision,
+            progress=not args.quiet,
+            cost=args.cost or args.update_manifests,
+            engine=args.engine,
+            agreement_every=args.agreement_every,
+        )
+        if args.update_manifests:
+            update_manifest(res)
+        if args.engine != "torch":
+            opts, agree = res["options"], res.get("label_agreement") or {}
+            print(
+                f"{Path(ckpt).name}: ran on {opts.get('engine')} {opts.get('precision')}"
+                + (f" ({opts['engine_reason']})" if opts.get("engine_reason") else "")
+                + (f"; labels vs fp32 eager on {agree['images']} images: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%" if agree.get("images") else ""),
+                flush=True,
             )
-            if args.update_manifests:
-                update_manifest(results[-1])
-        except (CheckpointError, EvaluationError, ValueError) as exc:
-            failed += 1
-            print(f"error: {ckpt}: {exc}", file=sys.stderr)
+        return res
+
+    done = _each_checkpoint(args.checkpoints, "be evaluated", work)
+    if done is None:
+        return 2
+    _checkpoints, results, failed = done
     if results:
         written = write_results(results, args.out)
         for split in dict.fromkeys(r["split"] for r in results):
@@ -131,44 +164,45 @@ def cmd_eval(args) -> int:
             print(format_leaderboard([r for r in results if r["split"] == split]))
         n_files = sum(len(v) for v in written.values())
         print(f"wrote {n_files} files to {args.out}: " + ", ".join(p.name for p in written["leaderboard"]) + " and per checkpoint .json / .confusion.png")
-    if failed:
-        print(f"{failed} of {len(checkpoints)} checkpoint(s) could not be evaluated", file=sys.stderr)
-        return 2
-    return 0
+    return 2 if failed else 0
 
 
 def cmd_quantize(args) -> int:
     """``workbench quantize CHECKPOINT ...``: int8 (NNCF + OpenVINO) calibrated on training images, evaluated on the
-    test split through the engine, accepted only within the mIoU rule, recorded in each manifest; 2 if any failed."""
+    test split through the engine, accepted only within the mIoU rule, recorded in each manifest; 2 if any failed.
+
+    A refused int8 model's files are deleted (its figures stay in the manifest) unless ``--keep-refused``: the
+    engines pick up any IR lying beside a checkpoint."""
     from .inference.quantize import quantize_checkpoint  # nncf and openvino load only for this command
 
-    checkpoints, warnings_ = collect_checkpoints(args.checkpoints)
-    for w in warnings_:
-        print(f"warning: {w}", file=sys.stderr)
-    if not checkpoints:
-        print("error: no checkpoint to quantize", file=sys.stderr)
+    def work(ckpt):
+        xml, info = quantize_checkpoint(ckpt, data_root=args.data_root, calib_images=args.calib_images, seed=args.seed, variant=args.variant)
+        write_int8_entry(ckpt, info)
+        kept = f", {len(info['fp32_layers'])} layer(s) kept in fp32" if info.get("fp32_layers") else ""
+        print(f"{ckpt.name}: wrote {xml.name} (+ .bin, {info['bytes'] / 1e6:.1f} MB) in {info['quantize_s']:.0f} s, {info['calibration']['images']} calibration images, variant {args.variant}{kept}", flush=True)
+        if args.no_eval:
+            return None
+        res = evaluate_checkpoint(ckpt, split="test", data_root=args.data_root, engine="openvino", precision="int8", progress=not args.quiet, agreement_every=args.agreement_every)
+        record_int8(res)
+        entry = json.loads(Path(ckpt).read_text(encoding="utf-8"))["inference"]["int8"]
+        agree = res.get("label_agreement") or {}
+        removed = ""
+        if not entry["accepted"] and not args.keep_refused:
+            for f in (xml, xml.with_suffix(".bin")):
+                f.unlink(missing_ok=True)
+            removed = f"; deleted {xml.name} and its .bin (--keep-refused keeps them)"
+        print(
+            f"{ckpt.name}: int8 {'ACCEPTED' if entry['accepted'] else 'refused'}: {entry['reason']}"
+            + (f"; labels vs fp32 eager on {agree['images']} test images: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%" if agree.get("images") else "")
+            + removed,
+            flush=True,
+        )
+        return res
+
+    done = _each_checkpoint(args.checkpoints, "be quantized", work)
+    if done is None:
         return 2
-    results, failed = [], 0
-    for ckpt in checkpoints:
-        try:
-            xml, info = quantize_checkpoint(ckpt, data_root=args.data_root, calib_images=args.calib_images, seed=args.seed)
-            write_int8_entry(ckpt, info)
-            print(f"{ckpt.name}: wrote {xml.name} (+ .bin, {info['bytes'] / 1e6:.1f} MB) in {info['quantize_s']:.0f} s, {info['calibration']['images']} calibration images", flush=True)
-            if args.no_eval:
-                continue
-            res = evaluate_checkpoint(ckpt, split="test", data_root=args.data_root, engine="openvino", precision="int8", progress=not args.quiet, agreement_every=args.agreement_every)
-            record_int8(res)
-            results.append(res)
-            entry = json.loads(Path(ckpt).read_text(encoding="utf-8"))["inference"]["int8"]
-            agree = res.get("label_agreement") or {}
-            print(
-                f"{ckpt.name}: int8 {'ACCEPTED' if entry['accepted'] else 'refused'}: {entry['reason']}"
-                + (f"; labels vs fp32 eager on {agree['images']} test images: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%" if agree.get("images") else ""),
-                flush=True,
-            )
-        except (CheckpointError, EvaluationError, ValueError) as exc:
-            failed += 1
-            print(f"error: {ckpt}: {exc}", file=sys.stderr)
+    checkpoints, results, failed = done
     if results and args.out:
         write_results(results, args.out)
         print(f"wrote the int8 results to {args.out}")

@@ -48,7 +48,7 @@ from .. import __version__
 from ..classes import IGNORE_INDEX, default_normalization
 from ..data.datasets import DatasetError, build_dataset
 from ..data.transforms import eval_transforms
-from ..inference.predictor import checkpoint_precision, resolve_device, resolve_precision
+from ..inference.predictor import Predictor, checkpoint_precision, resolve_device, resolve_precision
 from ..io.checkpoint import load_checkpoint
 from ..models.anatomy import count_flops
 from ..models.base import MIN_INPUT_SIZE
@@ -70,11 +70,13 @@ __all__ = [
     "RAND_VARIANT",
     "ENGINES",
     "engine_model",
+    "EngineModule",
     "ParityProbe",
 ]
 
-# Engines ``workbench eval --engine`` runs a checkpoint through; ``--precision int8`` needs openvino (the shipped int8 IR).
-ENGINES = ("torch", "openvino")
+# Engines ``workbench eval --engine`` runs a checkpoint through; ``--precision int8`` needs openvino (the shipped int8 IR);
+# ``auto`` is what the Predictor chooses on this CPU (workbench.inference.engines.choose).
+ENGINES = ("torch", "openvino", "onnxruntime", "auto")
 
 RAND_VARIANT = "ISBI 2012 foreground-restricted Rand error (1 - V_rand, N^2 normalisation, 4-connected cells, no threshold sweep or thinning)"
 
@@ -273,11 +275,31 @@ def evaluate_model(
     return out
 
 
+class EngineModule(nn.Module):
+    """A :class:`~workbench.inference.predictor.Predictor`'s engine behind the PyTorch model's contract (normalised
+    ``(B, C, H, W)`` in, float32 logits out, image by image), so the evaluation code runs ONNX Runtime or the
+    engine ``auto`` chose unchanged. ``engine``, ``engine_precision`` and ``engine_reason`` say what ran."""
+
+    def __init__(self, predictor: Predictor, workbench_config: dict | None = None) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.workbench_config = workbench_config or {}
+        self.engine = predictor.engine
+        self.engine_precision = predictor.engine_precision
+        self.engine_reason = getattr(predictor, "engine_reason", "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.predictor.forward_device(xi[None].float().contiguous()).float().cpu() for xi in x])
+
+
 def engine_model(path, model: nn.Module, manifest, engine: str, precision: str, threads: int | None = None) -> tuple[nn.Module, str]:
     """The network ``evaluate_model`` runs for ``--engine``/``--precision``: ``(module, precision for autocast)``.
 
     ``torch``: the checkpoint's model at ``precision`` (autocast). ``openvino``: fp32 converted here, or
     ``int8``: the checkpoint's shipped int8 IR (sha256-verified; ``workbench quantize`` writes it).
+    ``onnxruntime``: fp32 through the engine the Predictor uses. ``auto``: the engine and precision the
+    Predictor chooses for this checkpoint on this CPU (measured once, cached; precision must be ``auto``).
+    Every engine but torch runs on the CPU; the module records ``engine`` and ``engine_precision``.
     """
     if engine not in ENGINES:
         raise EvaluationError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -286,6 +308,16 @@ def engine_model(path, model: nn.Module, manifest, engine: str, precision: str, 
             raise EvaluationError("int8 runs through an engine: use --engine openvino --precision int8")
         return model, precision
     config = {"architecture": manifest.get("architecture"), "kwargs": manifest.kwargs}
+    if engine in ("onnxruntime", "auto"):
+        if engine == "onnxruntime" and precision not in ("fp32", "auto"):
+            raise EvaluationError(f"the onnxruntime engine runs fp32 here, not {precision}")
+        if engine == "auto" and precision not in ("auto", "fp32"):
+            raise EvaluationError(f"--engine auto chooses the precision too: use --precision auto (or fp32), not {precision}")
+        try:
+            predictor = Predictor(path, device="cpu", engine=engine, precision="auto" if engine == "auto" else "fp32")
+        except (ValueError, RuntimeError) as exc:
+            raise EvaluationError(f"{engine}: {exc}") from None
+        return EngineModule(predictor, config), "fp32"
     if precision == "int8":
         try:
             return load_int8(path, threads=threads), "fp32"
@@ -367,8 +399,8 @@ def evaluate_checkpoint(
         per_image: keep per-image records (name, mIoU, accuracy, sparse confusion).
         progress: show a progress bar on stderr.
         cost: also measure ``cost``: GFLOPs and the app's CPU latency at 360x480 (see :func:`model_cost`).
-        engine: ``"torch"`` or ``"openvino"``; with ``precision="int8"`` the checkpoint's shipped int8 model
-            (:func:`engine_model`).
+        engine: ``"torch"``, ``"openvino"`` (with ``precision="int8"`` the checkpoint's shipped int8 model),
+            ``"onnxruntime"`` or ``"auto"`` (what the Predictor chooses on this CPU); see :func:`engine_model`.
         agreement_every: with an engine: also run fp32 eager on every ``agreement_every``-th image and record
             ``label_agreement`` (mean, worst, images) against it.
 
@@ -431,8 +463,10 @@ def evaluate_checkpoint(
         desc=f"{manifest['architecture']} {ds_name}/{split}",
     )
     if engine != "torch":
-        res["options"]["engine"] = engine
-        res["options"]["precision"] = precision if precision != "auto" else "fp32"
+        res["options"]["engine"] = getattr(net, "engine", engine)
+        res["options"]["precision"] = getattr(net, "engine_precision", None) or (precision if precision != "auto" else "fp32")
+        if engine == "auto":
+            res["options"]["engine_reason"] = getattr(net, "engine_reason", "")
     if probe is not None:
         a = probe.agreement
         res["label_agreement"] = {

@@ -45,10 +45,15 @@ def to_openvino(model: nn.Module, in_chans: int = 3, example_size: tuple[int, in
         return ov.convert_model(graph, example_input=example, input=[ov.PartialShape([1, in_chans, -1, -1])])
 
 
-def compile_openvino(ov_model_or_xml, threads: int | None = None, cache_dir: str | None = None):
-    """Compile for the CPU (latency hint, ``threads`` inference threads, optional model cache)."""
+def compile_openvino(ov_model_or_xml, threads: int | None = None, cache_dir: str | None = None, inference_precision: str = "f32"):
+    """Compile for the CPU (latency hint, ``threads`` inference threads, optional model cache).
+
+    ``inference_precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` for the layers that are not int8: f32 by
+    default, because on a CPU with native bf16 OpenVINO would otherwise run them in bf16 (its default there)
+    and the labels would drift from fp32 by more than the int8 quantization itself.
+    """
     core = ov.Core()
-    cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = int(threads)
     if cache_dir:

@@ -33,6 +33,7 @@ import numpy as np
 import openvino as ov
 import torch
 import torch.nn as nn
+from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedQuantizationParameters, AdvancedSmoothQuantParameters, OverflowFix
 
 from ..classes import default_normalization
 from ..io.checkpoint import load_checkpoint, sha256_file
@@ -46,6 +47,12 @@ __all__ = [
     "QuantizeError",
     "calibration_files",
     "normalised_batches",
+    "QUANTIZE_VARIANTS",
+    "DEFAULT_VARIANT",
+    "fp32_scope",
+    "float_layers",
+    "label_agreement_metric",
+    "validation_pairs",
     "quantize_openvino",
     "quantize_model",
     "quantize_checkpoint",
@@ -57,7 +64,7 @@ __all__ = [
     "OpenVINOModule",
 ]
 
-DEFAULT_CALIB_IMAGES = 128  # of CamVid's 367 train images (benchmarks/int8_cpu_avx2.md)
+DEFAULT_CALIB_IMAGES = 64  # of CamVid's 367 train images (benchmarks/int8_cpu_avx2.md, int8_options_cpu_avx512.md)
 DEFAULT_SEED = 0
 
 
@@ -88,25 +95,170 @@ def normalised_batches(images: Iterable, mean, std, mode: str = "RGB") -> Iterab
         yield np.ascontiguousarray((a - m) / s, dtype=np.float32)
 
 
-def quantize_openvino(ov_model, calibration: list[np.ndarray], *, preset: str = "mixed", fast_bias_correction: bool = True, subset_size: int | None = None):
+WEIGHTED_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul"})
+
+# Named NNCF settings, compared in benchmarks/int8_options_cpu_avx512.md (scripts/bench_int8_options.py).
+# ``fp32_layers`` names layers kept in fp32 through nncf.IgnoredScope (see :func:`fp32_scope`); the rest are
+# nncf.quantize's own arguments.
+QUANTIZE_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {"preset": "mixed", "fast_bias_correction": True},
+    "performance": {"preset": "performance", "fast_bias_correction": True},
+    "fbc_off": {"preset": "mixed", "fast_bias_correction": False},
+    "head": {"preset": "mixed", "fast_bias_correction": True, "fp32_layers": ("last",)},
+    "head2": {"preset": "mixed", "fast_bias_correction": True, "fp32_layers": ("last2",)},
+    "head_first": {"preset": "mixed", "fast_bias_correction": True, "fp32_layers": ("first", "last")},
+    "head2_first": {"preset": "mixed", "fast_bias_correction": True, "fp32_layers": ("first", "last2")},
+    "smoothquant": {"preset": "mixed", "fast_bias_correction": True, "smooth_quant_convolution": 0.15},
+    "first": {"preset": "mixed", "fast_bias_correction": True, "fp32_layers": ("first",)},
+    "overflow_off": {"preset": "mixed", "fast_bias_correction": True, "overflow_fix": "disable"},
+    # nncf.quantize_with_accuracy_control: layers go back to fp32, most sensitive first, until the labels agree
+    # with fp32 eager on validation images within the parity bar (see :func:`label_agreement_metric`)
+    "accuracy_control": {"preset": "mixed", "fast_bias_correction": True, "accuracy_control": True},
+    "accuracy_control_first": {"preset": "mixed", "fast_bias_correction": True, "fp32_layers": ("first",), "accuracy_control": True},
+}
+# the layers reading the image stay fp32, then accuracy control reverts layers until the labels agree with fp32 on val
+# images: the only variant whose camvid_unet labels passed the parity bar on the test images (benchmarks/int8_options_cpu_avx512.md)
+DEFAULT_VARIANT = "accuracy_control_first"
+
+
+def float_layers(ov_model) -> list[str]:
+    """Names of the weighted layers of a quantized model that NNCF left in fp32 (they read float weights)."""
+    return [
+        op.get_friendly_name()
+        for op in ov_model.get_ordered_ops()
+        if op.get_type_name() in WEIGHTED_OPS - {"MatMul"} and op.input(1).get_source_output().get_node().get_type_name() == "Constant"
+    ]
+
+
+def _producers(op) -> list:
+    return [i.get_source_output().get_node() for i in op.inputs()]
+
+
+def fp32_scope(ov_model, which: Iterable[str]) -> list[str]:
+    """Names of the weighted layers (convolutions, transposed convolutions, matmuls) of ``ov_model`` to keep in fp32.
+
+    ``which`` holds any of ``"first"`` (the layers that read the input image), ``"last"`` (the layers whose
+    output reaches the logits through no other weighted layer: the head, and a learned final upsampling
+    where the model has one) and ``"last2"`` (those and the weighted layers feeding them).
+    """
+    names: list[str] = []
+
+    def walk(starts, depth: int, backward: bool) -> None:
+        seen, frontier = set(), list(starts)
+        while frontier:
+            op = frontier.pop()
+            key = op.get_friendly_name()
+            if key in seen:
+                continue
+            seen.add(key)
+            if op.get_type_name() in WEIGHTED_OPS and op not in starts:
+                if key not in names:
+                    names.append(key)
+                if depth <= 1:
+                    continue
+                walk([op], depth - 1, backward)
+                continue
+            if backward:
+                frontier += [p for p in _producers(op) if p.get_type_name() != "Constant"]
+            else:
+                frontier += [t.get_node() for o in op.outputs() for t in o.get_target_inputs()]
+
+    which = set(which)
+    unknown = which - {"first", "last", "last2"}
+    if unknown:
+        raise QuantizeError(f"unknown fp32 layer group(s) {sorted(unknown)}: use first, last or last2")
+    if "first" in which:
+        walk(list(ov_model.get_parameters()), 1, backward=False)
+    if which & {"last", "last2"}:
+        walk(list(ov_model.get_results()), 2 if "last2" in which else 1, backward=True)
+    return names
+
+
+# accuracy control's target: agreement with fp32 eager may drop by this much on the validation images, a margin
+# inside the parity bar (99.5% overall, 98.5% worst image) because the test images are other images
+ACCURACY_CONTROL_MAX_DROP = 0.003
+
+
+def label_agreement_metric(compiled, items) -> tuple[float, list[float]]:
+    """NNCF validation function: ``items`` are ``(input, fp32 eager labels)``; per item the share of pixels whose
+    int8 label agrees; the metric is ``min(mean, worst + 0.01)``, 1.0 for fp32, so a drop of ``d`` means
+    the mean is >= ``1 - d`` and the worst image >= ``0.99 - d`` (the parity bar's two limits, 1 point apart)."""
+    per_item = []
+    for x, ref in items:
+        out = compiled({0: x})[0]
+        per_item.append(float((out[0].argmax(0) == ref).mean()))
+    return min(float(np.mean(per_item)), min(per_item) + 0.01), per_item
+
+
+def quantize_openvino(ov_model, calibration: list[np.ndarray], *, variant: str | None = None, preset: str | None = None, fast_bias_correction: bool | None = None, fp32_layers: Iterable[str] | None = None, smooth_quant_convolution: float | None = None, overflow_fix: str | None = None, accuracy_control: bool | None = None, validation: list[tuple[np.ndarray, np.ndarray]] | None = None, subset_size: int | None = None):
     """NNCF post-training int8 of an ``openvino.Model``: 8-bit weights (per channel) and activations.
 
-    ``preset="mixed"`` quantizes activations asymmetrically (the ReLU-free logits and skip sums are not centred),
-    ``"performance"`` symmetrically.
+    ``variant`` names a row of :data:`QUANTIZE_VARIANTS` (default :data:`DEFAULT_VARIANT`); the keyword
+    arguments override it. ``preset="mixed"`` quantizes activations asymmetrically (the ReLU-free logits and
+    skip sums are not centred), ``"performance"`` symmetrically; ``fast_bias_correction=False`` runs NNCF's
+    full bias correction (slower); ``fp32_layers`` keeps layer groups in fp32 (:func:`fp32_scope`);
+    ``smooth_quant_convolution`` is SmoothQuant's alpha for convolutions (NNCF leaves it off by default);
+    ``overflow_fix`` is NNCF's (``first_layer_only`` by default: 7-bit weights in the first layer, which CPUs
+    without VNNI need); ``accuracy_control`` runs ``nncf.quantize_with_accuracy_control`` against
+    ``validation``, ``(input, fp32 eager labels)`` pairs (:func:`label_agreement_metric`).
     """
-    preset_value = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]
-    return nncf.quantize(
-        ov_model,
-        nncf.Dataset(calibration),
-        preset=preset_value,
-        subset_size=subset_size or len(calibration),
-        fast_bias_correction=fast_bias_correction,
-    )
+    if variant is not None and variant not in QUANTIZE_VARIANTS:
+        raise QuantizeError(f"unknown quantization variant {variant!r}; choose from {', '.join(QUANTIZE_VARIANTS)}")
+    opts = dict(QUANTIZE_VARIANTS[variant or DEFAULT_VARIANT])
+    for k, v in {"preset": preset, "fast_bias_correction": fast_bias_correction, "fp32_layers": fp32_layers, "smooth_quant_convolution": smooth_quant_convolution, "overflow_fix": overflow_fix, "accuracy_control": accuracy_control}.items():
+        if v is not None:
+            opts[k] = v
+    presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
+    if opts["preset"] not in presets:
+        raise QuantizeError(f"unknown preset {opts['preset']!r}: mixed or performance")
+    kwargs: dict[str, Any] = {}
+    ignored = fp32_scope(ov_model, opts.get("fp32_layers") or ())
+    if ignored:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
+    advanced: dict[str, Any] = {}
+    if opts.get("smooth_quant_convolution") is not None:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER  # NNCF applies SmoothQuant only for this model type
+        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(convolution=float(opts["smooth_quant_convolution"]), matmul=-1)
+    if opts.get("overflow_fix") is not None:
+        advanced["overflow_fix"] = OverflowFix(opts["overflow_fix"])
+    common = dict(preset=presets[opts["preset"]], subset_size=subset_size or len(calibration), fast_bias_correction=bool(opts["fast_bias_correction"]), **kwargs)
+    if opts.get("accuracy_control"):
+        if not validation:
+            raise QuantizeError("accuracy control needs validation images with their fp32 labels")
+        return nncf.quantize_with_accuracy_control(
+            ov_model,
+            nncf.Dataset(calibration),
+            nncf.Dataset(validation, lambda item: item[0]),
+            label_agreement_metric,
+            max_drop=ACCURACY_CONTROL_MAX_DROP,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=AdvancedQuantizationParameters(**advanced) if advanced else None,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=len(validation)),
+            **common,
+        )
+    if advanced:
+        common["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
+    return nncf.quantize(ov_model, nncf.Dataset(calibration), **common)
 
 
 def quantize_model(model: nn.Module, calibration: list[np.ndarray], *, in_chans: int = 3, **options):
     """``model`` converted to OpenVINO and quantized (:func:`quantize_openvino`); returns the int8 ``openvino.Model``."""
     return quantize_openvino(to_openvino(model, in_chans), calibration, **options)
+
+
+VALIDATION_IMAGES = 8  # accuracy control's validation images (the val split, never test)
+
+
+def validation_pairs(model: nn.Module, manifest, data_root=None, *, n: int = VALIDATION_IMAGES, seed: int = DEFAULT_SEED) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(normalised input, fp32 eager labels)`` of ``n`` val images of the checkpoint's dataset (accuracy control)."""
+    norm = manifest.normalization or default_normalization(manifest.in_chans)
+    try:
+        files = calibration_files(data_root, dataset=manifest.dataset_name or "camvid", split="val", n=n, seed=seed)
+    except QuantizeError as exc:
+        raise QuantizeError(f"accuracy control validates on val images: {exc}; or choose a variant without it (e.g. 'first')") from None
+    xs = list(normalised_batches(files, norm["mean"], norm["std"], "L" if manifest.in_chans == 1 else "RGB"))
+    with torch.inference_mode():
+        return [(x, model.eval().float()(torch.from_numpy(x))[0].argmax(0).numpy()) for x in xs]
 
 
 CHECK_SIZES = ((97, 131), (64, 96))  # odd sizes: the converted graph's dynamic H and W really are dynamic
@@ -132,34 +284,43 @@ def quantize_checkpoint(
     path: str | os.PathLike,
     *,
     data_root: str | os.PathLike | None = None,
-    calib_images: int = DEFAULT_CALIB_IMAGES,
+    calib_images: int | None = None,
     seed: int = DEFAULT_SEED,
     out: str | os.PathLike | None = None,
     calibration: list[np.ndarray] | None = None,
-    preset: str = "mixed",
-    fast_bias_correction: bool = True,
+    variant: str | None = None,
+    **options,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize checkpoint ``path`` to int8 and write its OpenVINO IR.
 
     Args:
         path: the checkpoint (``.json`` manifest).
         data_root: where ``<dataset>/train/`` lives (default: ``$WORKBENCH_DATA_ROOT``, then ``../shared/data``).
-        calib_images: how many training images calibrate (drawn with ``seed``; full resolution).
+        calib_images: how many training images calibrate (drawn with ``seed``; full resolution; default
+            :data:`DEFAULT_CALIB_IMAGES`).
         out: the ``.xml`` to write (default: ``<checkpoint>.int8.xml`` beside the manifest).
         calibration: ready ``(1, C, H, W)`` normalised arrays instead of training images (tests, other data).
+        variant: NNCF settings by name (:data:`QUANTIZE_VARIANTS`, default :data:`DEFAULT_VARIANT`);
+            ``options`` (``preset``, ``fast_bias_correction``, ``fp32_layers``, ``smooth_quant_convolution``)
+            override it (:func:`quantize_openvino`).
 
     Returns:
         ``(xml_path, info)``: ``info`` is the manifest's future ``inference.int8`` entry without the
-        accuracy figures (``engine``, ``files``, ``sha256``, ``bytes``, ``calibration``, ``nncf``,
-        ``openvino``, ``quantize_s``); :func:`workbench.evaluation.manifests.record_int8` adds them.
+        accuracy figures (``engine``, ``files``, ``sha256``, ``bytes``, ``calibration``, ``method``,
+        ``fp32_layers``, ``nncf``, ``openvino``, ``quantize_s``); :func:`workbench.evaluation.manifests.record_int8`
+        adds them.
     """
+    variant = variant or DEFAULT_VARIANT
+    if variant not in QUANTIZE_VARIANTS:
+        raise QuantizeError(f"unknown quantization variant {variant!r}; choose from {', '.join(QUANTIZE_VARIANTS)}")
+    method = {**QUANTIZE_VARIANTS[variant], **{k: v for k, v in options.items() if v is not None}}
     model, manifest = load_checkpoint(path)
     norm = manifest.normalization or default_normalization(manifest.in_chans)
     mode = "L" if manifest.in_chans == 1 else "RGB"
     if calibration is None:
         ds = manifest.dataset_name or "camvid"
         split = (manifest.dataset_info or {}).get("train_split", "train")
-        files = calibration_files(data_root, dataset=ds, split=split, n=calib_images, seed=seed)
+        files = calibration_files(data_root, dataset=ds, split=split, n=calib_images or DEFAULT_CALIB_IMAGES, seed=seed)
         calibration = list(normalised_batches(files, norm["mean"], norm["std"], mode))
         calib_info = {"dataset": ds, "split": split, "images": len(files), "seed": seed, "resolution": "full", "normalization": "the manifest's"}
     else:
@@ -167,7 +328,12 @@ def quantize_checkpoint(
     t0 = time.perf_counter()
     fp32 = to_openvino(model, manifest.in_chans)
     check_conversion(model, fp32, manifest.in_chans)
-    q = quantize_openvino(fp32, calibration, preset=preset, fast_bias_correction=fast_bias_correction)
+    kept = fp32_scope(fp32, method.get("fp32_layers") or ())
+    validation = None
+    if method.get("accuracy_control"):
+        validation = validation_pairs(model, manifest, data_root, seed=seed)
+        calib_info["accuracy_control"] = {"split": "val", "images": len(validation), "max_drop": ACCURACY_CONTROL_MAX_DROP, "metric": "label agreement with fp32 eager: min(mean, worst image + 0.01)"}
+    q = quantize_openvino(fp32, calibration, validation=validation, variant=variant, **{k: v for k, v in options.items() if v is not None})
     elapsed = time.perf_counter() - t0
     xml = Path(out) if out is not None else int8_paths(manifest.path)[0]
     xml, binf = save_ir(q, xml)
@@ -178,11 +344,11 @@ def quantize_checkpoint(
         "sha256": {xml.name: sha256_file(xml), binf.name: sha256_file(binf)},
         "bytes": xml.stat().st_size + binf.stat().st_size,
         "calibration": calib_info,
-        "method": {"tool": "nncf.quantize", "preset": preset, "fast_bias_correction": fast_bias_correction, "model_type": None},
+        "method": {"tool": "nncf.quantize", "variant": variant, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in method.items()}},
+        "fp32_layers": kept,
+        "float_layers": len(float_layers(q)),  # kept above plus those accuracy control reverted
         "nncf": nncf.__version__,
         "openvino": ov.get_version(),
         "quantize_s": round(elapsed, 1),
     }
     return xml, info
-
-
