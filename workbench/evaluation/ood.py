@@ -207,11 +207,13 @@ def calibrate(
     seed: int = 0,
     limit: int | None = None,
     probes: int = 40,
+    ood: list[tuple[str, str, Image.Image]] | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Calibrate the OOD score for each checkpoint (names in ``checkpoints_dir()`` or paths); returns the
     results (the ``calibrations`` entries for the calibration file and the full measurements). ``limit``: at most this
-    many CamVid images per split (for quick runs; the shipped calibration uses all)."""
+    many CamVid images per split (for quick runs; the shipped calibration uses all). ``ood``: your own
+    ``(source, name, image)`` out-of-distribution images instead of :func:`ood_images`."""
     if not 0.5 <= keep < 1:
         raise ValueError(f"keep must be in [0.5, 1), got {keep}")
     t_start = time.perf_counter()
@@ -220,7 +222,7 @@ def calibrate(
     test = build_dataset("camvid", "test", data_root=data_root).files
     if limit:  # spread over the split's sequences, not its first images
         val, test = val[:: max(1, len(val) // limit)][:limit], test[:: max(1, len(test) // limit)][:limit]
-    ood = ood_images(data_root, seed)
+    ood = sorted(ood, key=lambda t: (t[0], t[1])) if ood is not None else ood_images(data_root, seed)
     ood_cal, ood_held = _split_halves(ood)
     if len(ood_cal) < 3 or len(ood_held) < 3:
         raise ValueError(f"too few out-of-distribution images ({len(ood)}); install scikit-image for more")
