@@ -195,3 +195,16 @@ def test_ood_verdict_flags_only_when_every_calibrated_checkpoint_does(prediction
     assert both.checkpoint == "calm" and not both.flagged and knowledge.ood_html(both) == ""
     alone = knowledge.ood_verdict([("a" * 64, prediction)])
     assert alone.checkpoint == "alarmed" and alone.flagged and "street scenes" in knowledge.ood_html(alone)
+
+
+def test_task_tab_names_the_training_data_and_flags_a_non_street_image(tmp_path):
+    from workbench.app import task
+    from workbench.inference.ood import load_calibrations
+
+    if "camvid_unet" not in {c.checkpoint for c in load_calibrations()}:
+        pytest.skip("camvid_unet has no OOD calibration")
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(noise)
+    *_, note = task.task_representation(str(noise), "unet", 0.5)
+    assert "What these models know" in note and "Bicyclist" in note
+    assert "this image looks unlike them" in note

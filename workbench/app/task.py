@@ -8,6 +8,7 @@ import numpy as np
 from workbench import viz
 
 from .common import HEAVY, badge, raw_upload, read_upload, zoo
+from .knowledge import ood_html, ood_verdict, training_note
 from .gpu import on_gpu
 
 __all__ = ["build", "task_representation"]
@@ -35,6 +36,8 @@ def task_representation(image_path: str | None, arch: str, opacity: float):
         "channel is 1 at every pixel. The label map is the **argmax** across channels: each pixel takes the class whose "
         f"channel is brightest. {badge(zoo().entries[arch])}"
     )
+    if str((zoo().predictor(arch).manifest.dataset_name or "")).lower() == "camvid":  # trained on CamVid: say what it knows
+        note = f"{ood_html(ood_verdict([(zoo().predictor(arch).manifest.sha256, pred)]))}\n\n{note}\n\n{training_note(pred.classes)}"
     return gallery, mask, over, viz.legend_html(pred.classes), note
 
 
