@@ -251,11 +251,12 @@ def _engine_arg(argv: list[str]) -> str | None:
 
 def process_engine(command: str, argv: list[str]) -> str:
     """The inference engine a command line will run: ``--engine``, else ``$WORKBENCH_ENGINE``, else the
-    command's default (``app``: auto; ``bench --engines``: every engine, so auto; the others: torch)."""
+    command's default (``app``: auto; ``bench --engines``: every engine, and ``bench --request``: the app's, so auto;
+    the others: torch)."""
     asked = _engine_arg(argv) or os.environ.get("WORKBENCH_ENGINE")
     if asked:
         return asked
-    return "auto" if command == "app" or (command == "bench" and "--engines" in argv) else "torch"
+    return "auto" if command == "app" or (command == "bench" and ("--engines" in argv or "--request" in argv)) else "torch"
 
 
 def main(argv: list[str] | None = None) -> int:
