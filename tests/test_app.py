@@ -65,7 +65,7 @@ def test_compare_renders_selected_cards_and_disagreement(street):
             assert card["visible"] is True
             assert "latency" in card["header"] and "parameters" in card["header"]
             assert "untrained" in card["header"] or "trained" in card["header"]
-            assert f'class="wb-engine"' in card["header"] and "torch fp32" in card["header"]  # the suite runs torch (conftest); fp32 on this CPU or bf16
+            assert f'class="wb-engine"' in card["header"] and ("torch fp32" in card["header"] or "torch bf16" in card["header"])  # the suite runs torch (conftest); fp32 on this CPU or bf16
             mask = card["mask"]
             assert mask.mode == "P" and np.asarray(mask.convert("RGB")).shape == (96, 128, 3)  # palette PNG: one byte a pixel
             assert card["overlay"].shape == (96, 128, 3)
@@ -81,30 +81,42 @@ def test_compare_renders_selected_cards_and_disagreement(street):
 
 def test_the_tab_maps_every_card_field_to_its_component(demo, street):
     """The handler's keyed result becomes {component: value}: each value lands in its own architecture's card.
-    It streams: first every output with the selected cards running, then one card at a time, then every output."""
+    It streams: first the selected cards running, then one more card done per step, then the complete result.
+    Every step sets every output's value (the page loses values sent once, see CompareTab.run), a visibility only
+    where it changes, and a picture is written once per run (later steps send the same file)."""
     (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
     fn = demo.fns[dep["id"]].fn
     tab = fn.__self__
+    skip = gr.skip()
     steps = list(fn(street, ["fcn8s", "naive"], 0.5))
     assert len(steps) == 3  # running, the first model's card, everything
-    first, middle, updates = steps
-    assert {c._id for c in first} == set(dep["outputs"])
+    for step in steps:
+        assert {c._id for c in step} == set(dep["outputs"])
+    first, middle, last = steps
     for name in ("fcn8s", "naive"):
-        assert first[tab.cards[name]]["visible"] is True
+        assert first[tab.cards[name]]["visible"] is True  # nothing known about the page: every visibility is set
         assert "running" in first[tab.fields[name]["header"]] and first[tab.fields[name]["mask"]] is None
-    (done,) = [n for n in ("fcn8s", "naive") if tab.fields[n]["mask"] in middle]
-    assert set(middle) == {tab.cards[done], *tab.fields[done].values(), tab.agreement, tab.state}  # only that card changes
-    assert middle[tab.fields[done]["mask"]].mode == "P" and "1 of 2 models done" in middle[tab.agreement]
-    assert {c._id for c in updates} == set(dep["outputs"])
+    assert first[tab.cards["unet"]]["visible"] is False and first[tab.fields["unet"]["mask"]] == skip  # a hidden card's fields are left alone
+    assert all(middle[tab.cards[n]] == skip and last[tab.cards[n]] == skip for n in tab.names)  # shown once, kept
+    (done,) = [n for n in ("fcn8s", "naive") if middle[tab.fields[n]["mask"]] is not None]
+    (running,) = {"fcn8s", "naive"} - {done}
+    assert "running" in middle[tab.fields[running]["header"]] and middle[tab.fields[running]["mask"]] is None
+    mask_file = middle[tab.fields[done]["mask"]]
+    assert Image.open(mask_file).mode == "P" and "1 of 2 models done" in middle[tab.agreement]
+    assert last[tab.fields[done]["mask"]] == mask_file and last[tab.fields[done]["overlay"]] == middle[tab.fields[done]["overlay"]]  # written once
     for name in ("fcn8s", "naive"):
-        assert updates[tab.cards[name]]["visible"] is True
-        assert f"<code>{name}</code>" in updates[tab.fields[name]["header"]]
-        assert updates[tab.fields[name]["mask"]].mode == "P"
-    assert updates[tab.cards["unet"]]["visible"] is False
-    assert "2 models agree on" in updates[tab.agreement]
-    assert set(updates[tab.state]["results"]) == {"fcn8s", "naive"}
-    restyled = tab.restyle(updates[tab.state], 1.0)
+        assert f"<code>{name}</code>" in last[tab.fields[name]["header"]] and "latency" in last[tab.fields[name]["header"]]
+        assert Image.open(last[tab.fields[name]["mask"]]).mode == "P"
+    assert "2 models agree on" in last[tab.agreement]
+    assert set(last[tab.state]["results"]) == {"fcn8s", "naive"}
+    # the next run knows from the session's state which cards the page shows: only changed visibilities are sent
+    again = next(iter(fn(street, ["fcn8s", "unet"], 0.5, last[tab.state])))
+    assert again[tab.cards["fcn8s"]] == skip and again[tab.cards["naive"]]["visible"] is False and again[tab.cards["unet"]]["visible"] is True
+    assert "running" in again[tab.fields["fcn8s"]["header"]] and again[tab.fields["fcn8s"]["mask"]] is None
+    restyled = tab.restyle(last[tab.state], 1.0)
     assert set(restyled) == set(tab.card_outputs)
+    assert all(restyled[tab.cards[n]] == skip for n in tab.names)  # a restyle shows and hides nothing
+    assert restyled[tab.fields["fcn8s"]["overlay"]].shape == (96, 128, 3)
 
 
 def test_untrained_models_are_labelled_untrained(street):

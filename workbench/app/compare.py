@@ -6,8 +6,10 @@ show, finished or still running); handlers return values keyed by architecture a
 order of the outputs.
 
 Compare streams (:func:`compare_stream`): every selected card first says it is running, then each card is
-filled in as soon as its model finishes (the fastest expected first: :func:`~workbench.app.segment.run_order`),
-and the last result carries every output, which is what the ``/compare`` API returns.
+filled in as soon as its model finishes (the fastest expected first: :func:`~workbench.app.segment.run_order`;
+the cards keep their places), and the last result carries every output, which is what the ``/compare`` API
+returns. :meth:`CompareTab.run` sends each step to the page so that Gradio 6's page shows it as sent: every value
+every step, a visibility only when it changes (see its docstring for why).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -91,14 +94,18 @@ def card_values(name: str, res: dict | None, image: np.ndarray | None, opacity: 
 
     Args:
         res: the architecture's entry of :func:`~workbench.app.segment.segment_stream`'s results (None: not
-            selected; :data:`RUNNING`: selected, not answered yet: a header saying so and no pictures).
+            selected; :data:`RUNNING`: selected, not answered yet: a header saying so and no pictures, the error
+            map's frame shown empty when there is ground truth).
         base: the dimmed image the error maps are drawn on (None: no ground truth, no error map).
     """
     hidden_errors = gr.update(value=None, visible=False)
     if res is None:
         return {"visible": False, "header": "", "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
     if "error" in res or res.get("running"):
-        return {"visible": True, "header": _card_header(name, res, error=res.get("error")), "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
+        # a running card shows the error map's empty frame when there is ground truth: the map fills it in place
+        # (showing a component and setting its value in one step loses the value on the page, see CompareTab.run)
+        errors = gr.update(value=None, visible=base is not None) if res.get("running") else hidden_errors
+        return {"visible": True, "header": _card_header(name, res, error=res.get("error")), "mask": None, "overlay": None, "errors": errors, "legend": ""}
     classes = zoo().predictor(name).classes
     err = viz.error_map(res["labels"], gt, ignore_index=IGNORE_INDEX, base=base) if base is not None and "miou" in res else None
     return {
@@ -214,6 +221,13 @@ def restyle(state: dict | None, opacity: float, names: list[str] | None = None) 
     return render_cards(state["image"], state["results"], opacity, state.get("gt"), names, running=state.get("archs", ()))
 
 
+def _props(value: Any) -> dict:
+    """An output's value or ``gr.update(...)`` as the properties it sets: ``{"value"?, "visible"?, ...}``."""
+    if isinstance(value, dict) and value.get("__type__") == "update":
+        return {k: v for k, v in value.items() if k != "__type__"}
+    return {"value": value}
+
+
 class CompareTab:
     """The tab's components, one card per architecture, and its events.
 
@@ -243,10 +257,11 @@ class CompareTab:
                 self.cards[name] = card
         # the API's order: per architecture its card and fields, then the disagreement map, its text, the ground truth
         self.card_outputs = [c for name in self.names for c in (self.cards[name], *self.fields[name].values())]
+        self._card_of = {comp: self.cards[name] for name in self.names for comp in self.fields[name].values()}  # field -> its card
         self.outputs = [*self.card_outputs, self.disagreement, self.agreement, self.ground_truth, self.state]
-        gr.Examples(  # a click fills the inputs and runs Compare, answered from memory after the first time
+        self.examples = gr.Examples(  # a click fills the inputs and runs Compare (wire()), answered from memory after the first time
             [[path, selection, 0.5] for path in examples], inputs=[self.image, self.archs, self.opacity],
-            outputs=self.outputs, fn=self.run, run_on_click=True, cache_examples=False, examples_per_page=8,
+            cache_examples=False, examples_per_page=8,
             label="CamVid test images (ground truth and error maps shown)" if "camvid" in examples[0] else "A synthetic example (fetch CamVid for real ones: workbench fetch-data camvid)",
         )
 
@@ -274,17 +289,75 @@ class CompareTab:
         changed = {name: result.cards[name] for name in result.changed if name in self.cards}
         return {**self.card_updates(changed), self.agreement: result.agreement, self.state: result.state}
 
-    def run(self, image_path: str | None, archs: list[str], opacity: float) -> Iterator[dict]:
+    def run(self, image_path: str | None, archs: list[str], opacity: float, previous: dict | None = None) -> Iterator[dict]:
         """Segment the image with every selected architecture, streaming each card as its model finishes
-        (the /compare endpoint: its last value is the complete result)."""
+        (the /compare endpoint: its last value is the complete result).
+
+        Every step sends every output's value, not only what changed, and a visibility only where it changes
+        (``previous``: the session's state, which says which cards the page shows). Gradio 6's page
+        loses values otherwise: an update without a value (a card column's ``visible``) reads its children's
+        values back from the page while the same message sets them, so a card would keep an old mask or lose its
+        new one until a later message set it again. A picture is encoded once per run: later steps send its file.
+        """
+        shown: dict = {}  # component -> {"value"?, "visible"?}: what this run has the page show
+        known = self._visibility(previous)  # component -> the visibility the page has
+        files: dict[int, tuple[Any, str]] = {}  # id(picture) -> (the picture, kept alive; the file Gradio wrote for it)
         for result in compare_stream(image_path, archs, opacity, names=self.names):
-            yield self.updates(result)
+            for comp, value in self.updates(result).items():
+                update = _props(value)
+                if "value" in update and isinstance(comp, gr.Image):
+                    update["value"] = self._written(comp, update["value"], files)
+                shown[comp] = {**shown.get(comp, {}), **update}
+            yield self._send(shown, known)
+
+    @staticmethod
+    def _written(comp: gr.Image, picture: Any, files: dict[int, tuple[Any, str]]) -> Any:
+        """A picture as the file Gradio writes for ``comp`` (written on the first call, its path after)."""
+        if picture is None or isinstance(picture, (str, Path)):
+            return picture
+        if id(picture) not in files:
+            files[id(picture)] = (picture, comp.postprocess(picture).path)
+        return files[id(picture)][1]
+
+    def _visibility(self, state: dict | None) -> dict:
+        """The visibility each card has on the page after the run that left ``state`` (none known without it)."""
+        if not state or "archs" not in state:
+            return {}
+        return {self.cards[name]: name in state["archs"] for name in self.names}
+
+    def _send(self, shown: dict, known: dict) -> dict:
+        """``{component: value}`` that sets every value in ``shown`` and a visibility only where the page's
+        (``known``, updated here) differs; a column whose visibility is as shown, and the fields of a hidden card,
+        are left out (``gr.skip()``)."""
+        out: dict = {}
+        hidden = {comp for name, comp in self.cards.items() if shown.get(comp, {}).get("visible") is False}
+        for comp, want in shown.items():
+            if self._card_of.get(comp) in hidden:  # a hidden card's fields stay as they are until it is shown
+                out[comp] = gr.skip()
+                continue
+            visible = want.get("visible")
+            change = visible is not None and known.get(comp) != visible
+            if change:
+                known[comp] = visible
+            if "value" not in want:  # a card's column: only its visibility
+                out[comp] = gr.update(visible=visible) if change else gr.skip()
+            else:
+                out[comp] = gr.update(value=want["value"], visible=visible) if change else want["value"]
+        return out
 
     def restyle(self, state: dict | None, opacity: float) -> dict:
-        return self.card_updates(restyle(state, opacity, self.names))
+        """Redraw the overlays; the cards keep their visibility (a restyle shows and hides nothing)."""
+        known = self._visibility(state) if state else {comp: False for comp in self.cards.values()}
+        shown = {comp: _props(value) for comp, value in self.card_updates(restyle(state, opacity, self.names)).items()}
+        errors = {self.fields[name]["errors"] for name in self.names}
+        known |= {comp: want.get("visible") for comp, want in shown.items() if comp in errors}
+        return self._send(shown, known)
 
     def wire(self):
         """The tab's events (inside the Blocks, after the layout); returns the Segment click's event (to chain on)."""
-        event = self.button.click(self.run, [self.image, self.archs, self.opacity], self.outputs, api_name="compare", **HEAVY)
+        inputs = [self.image, self.archs, self.opacity, self.state]
+        event = self.button.click(self.run, inputs, self.outputs, api_name="compare", **HEAVY)
+        # an example's click runs the same handler in the same queue slot, after it has filled the inputs
+        self.examples.load_input_event.then(self.run, inputs, self.outputs, api_name=False, **HEAVY)
         self.opacity.release(self.restyle, [self.state, self.opacity], self.card_outputs, api_name=False, **LIGHT)
         return event
