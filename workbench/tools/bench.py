@@ -201,7 +201,7 @@ def encoders_to_markdown(result: dict) -> str:
 def markdown_for(result: dict) -> str:
     """The Markdown table of any stored ``bench`` result (``bench --render X.json``), by its shape."""
     if "profile" in result:
-        return request_to_markdown(result["profile"], result.get("end_to_end"), result.get("profile_upload"), result.get("browser"))
+        return request_to_markdown(result["profile"], result.get("end_to_end"), result.get("profile_upload"))  # in Chromium: scripts/browser_timing.py
     rows = result.get("rows") or [{}]
     if "candidates" in rows[0]:
         return engines_to_markdown(result)

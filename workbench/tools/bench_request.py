@@ -19,7 +19,7 @@ from PIL import Image
 
 from .loadtest import _free_port, _start_app
 
-__all__ = ["CLASSIC", "browser_timing", "profile_request", "end_to_end_latency", "request_to_markdown"]
+__all__ = ["CLASSIC", "profile_request", "end_to_end_latency", "request_to_markdown"]
 
 
 CLASSIC = ("fcn32s", "fcn16s", "fcn8s", "unet", "residual_unet", "tiramisu", "dilated")
@@ -141,77 +141,7 @@ def end_to_end_latency(image_path: str, archs=CLASSIC, repeats: int = 5) -> dict
     }
 
 
-# In the page: from the click on Segment (made here, so the clock starts with it) until every selected card says
-# it is running, until the first card shows its mask, and until every card does and the agreement sentence is in.
-_BROWSER_PROBE = """(n) => new Promise((resolve) => {
-  const t0 = performance.now();
-  const marks = {running: null, first: null, last: null};
-  const loaded = (card) => [...card.querySelectorAll("img")].some((im) => im.complete && im.naturalWidth > 0);
-  const tick = () => {
-    const now = performance.now();
-    const cards = [...document.querySelectorAll(".wb-card")].filter((c) => c.offsetParent !== null);
-    const running = cards.filter((c) => c.querySelector(".wb-running")).length;
-    const done = cards.filter((c) => c.querySelector(".wb-latency") && !c.querySelector(".wb-running") && loaded(c)).length;
-    if (marks.running === null && running > 0) marks.running = now - t0;
-    if (marks.running !== null && marks.first === null && done >= 1) marks.first = now - t0;
-    if (marks.running !== null && done >= n && /agree on|Select two or more/.test(document.body.innerText)) {
-      marks.last = now - t0;
-      resolve(marks);
-      return;
-    }
-    if (now - t0 > 600000) { resolve(marks); return; }
-    setTimeout(tick, 2);
-  };
-  [...document.querySelectorAll("button")].find((b) => b.innerText.trim() === "Segment").click();
-  tick();
-})"""
-
-
-def browser_timing(image_path: str, archs=CLASSIC, repeats: int = 5, chromium: str = "/usr/bin/chromium", engine: str | None = None, url: str | None = None) -> dict:
-    """The served app in headless Chromium (Debian's package driven by Playwright; nothing is downloaded):
-    from the click on Segment to the first card with its mask shown and to the last, per request (after one
-    request that loads every model). The app is started in a fresh process (``engine``: its ``--engine``)
-    unless ``url`` points at a running one."""
-    from playwright.sync_api import sync_playwright  # optional: the browser tests' dependency
-
-    proc = None
-    if url is None:
-        port = _free_port()
-        proc = _start_app(port, timeout_s=300, poll_s=0.2, env={"WORKBENCH_ENGINE": engine} if engine else None)
-        url = f"http://127.0.0.1:{port}/"
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("text=Segment", timeout=120_000)
-            page.locator("input[type=file]").first.set_input_files(image_path)
-            page.wait_for_timeout(1500)
-            for box in page.locator(".wb-archs").locator("input[type=checkbox]").all():
-                if (box.locator("xpath=..").inner_text().strip() in archs) != box.is_checked():
-                    box.click()
-            page.evaluate(_BROWSER_PROBE, len(archs))  # loads every model
-            marks = []
-            for _ in range(repeats):
-                page.wait_for_timeout(500)
-                marks.append(page.evaluate(_BROWSER_PROBE, len(archs)))
-            browser.close()
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-    return {
-        "archs": list(archs),
-        "image": str(image_path),
-        "engine": engine or "auto",
-        "running_ms": statistics.median(m["running"] for m in marks),
-        "first_card_ms": statistics.median(m["first"] for m in marks),
-        "last_card_ms": statistics.median(m["last"] for m in marks),
-        "runs": marks,
-    }
-
-
-def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None, browser: list[dict] | None = None) -> str:
+def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None) -> str:
     """The stage table: the CamVid example (ground truth: scores and error maps too) and, if given, the
     same pixels as a user's own upload (no ground truth, so no scores or error maps)."""
     profs = [("CamVid example", prof)] + ([("own upload", upload)] if upload else [])
@@ -244,11 +174,6 @@ def request_to_markdown(prof: dict, e2e: dict | None, upload: dict | None = None
             ran = ", ".join(f"{n} {v}" for n, v in r["engines"].items())
             lines.append(f"| {e} | {ran} | {r['network_ms']:.0f} | {r['total_ms']:.0f} | {r['first_card_ms']:.0f} | {100 * r['overhead_share']:.1f}% |")
         lines.append("")
-    for b in browser or []:
-        lines.append(
-            f"In Chromium (the served app, engine `{b['engine']}`, {len(b['archs'])} models, median of {len(b['runs'])} requests after one that loads the models): "
-            f"click to every card saying it runs {b['running_ms']:.0f} ms, to the first card with its mask **{b['first_card_ms']:.0f} ms**, to the last **{b['last_card_ms']:.0f} ms**."
-        )
     if e2e:
         lines.append(
             f"Served app through gradio_client: start to first answered request {e2e['start_to_first_answer_s']:.1f} s; "
