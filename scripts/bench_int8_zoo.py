@@ -41,7 +41,7 @@ def write_markdown(out: dict, path: Path) -> None:
         "Accepted: test mIoU at most 0.5 points below fp32. The app runs int8 only where its labels also pass the parity bar "
         "(99.5% of pixels, 98.5% on every image, against torch eager fp32).",
         "",
-        "| checkpoint | fp32 mIoU | int8 mIoU | drop | accepted | labels = fp32 (mean / worst, test) | IR MB | eager bf16 | OpenVINO fp32 | OpenVINO int8 | app runs |",
+        "| checkpoint | fp32 mIoU | int8 mIoU | drop | accepted | labels = fp32 (mean / worst, test) | IR MiB | eager bf16 | OpenVINO fp32 | OpenVINO int8 | app runs |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, r in out["checkpoints"].items():
