@@ -246,3 +246,33 @@ def test_measurement_images_come_from_the_data_root_else_the_shipped_examples(tm
     isbi = Manifest.from_dict({"architecture": "unet", "dataset": {"name": "isbi"}})
     images, described = choose.measurement_images(isbi, "L", data_root=tmp_path / "no_data")
     assert images[0].mode == "L" and "isbi" in described
+
+
+def test_an_int8_file_beside_a_checkpoint_runs_only_if_its_manifest_accepted_and_hashed_it(tmp_path):
+    from workbench.inference.int8 import int8_paths, save_ir, to_openvino
+    from workbench.io.checkpoint import sha256_file
+    from workbench.io.manifest import Manifest
+
+    path = _checkpoint(tmp_path)
+    model, _ = workbench.load_checkpoint(path)
+    xml, binary = int8_paths(path)
+    save_ir(to_openvino(model.eval(), 3, (64, 96)), xml)  # an IR under the int8 name (fp32 inside: verification is the point)
+
+    def build():
+        return engine_class("openvino")(model.eval(), in_chans=3, precision="int8", manifest_path=path)
+
+    with pytest.raises(EngineError, match="records no int8 model"):  # a file the manifest does not name is not trusted
+        build()
+    data = json.loads(path.read_text())
+    entry = {"files": [xml.name, binary.name], "sha256": {xml.name: sha256_file(xml), binary.name: sha256_file(binary)}, "accepted": False, "reason": "drop 4.1 points"}
+    data["inference"] = {"int8": entry}
+    path.write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="not accepted"):
+        build()
+    entry["accepted"] = True
+    path.write_text(json.dumps(data))
+    assert build().precision == "int8"  # accepted and hashed: it runs
+    binary.write_bytes(binary.read_bytes()[:-8] + b"\0" * 8)  # damaged after the fact
+    with pytest.raises(EngineError, match="does not match"):
+        build()
+    assert Manifest.read(path).sha256  # the checkpoint itself is untouched

@@ -26,7 +26,7 @@ from ..io.manifest import Manifest
 from ..io.onnx import PadCropGraph
 from ..models.base import PadCropModel
 
-__all__ = ["INT8_SUFFIX", "Int8Error", "to_openvino", "compile_openvino", "int8_paths", "save_ir", "load_int8", "OpenVINOModule"]
+__all__ = ["INT8_SUFFIX", "Int8Error", "to_openvino", "compile_openvino", "int8_paths", "save_ir", "load_int8", "verify_int8", "OpenVINOModule"]
 
 INT8_SUFFIX = ".int8"  # checkpoints/<name>.int8.xml / .int8.bin
 
@@ -97,6 +97,22 @@ def _verify(folder: Path, entry: dict) -> None:
         got = sha256_file(f)
         if got != want:
             raise Int8Error(f"{f}: sha256 {got[:12]}... does not match the manifest's {want[:12]}...: the int8 model is corrupted or stale")
+
+
+def verify_int8(path: str | os.PathLike) -> Path:
+    """The int8 IR (``.xml``) of the checkpoint whose manifest is ``path``, after checking that its manifest accepted
+    it and that its files match their recorded sha256. Raises Int8Error otherwise (nothing unverified is compiled)."""
+    try:
+        manifest = Manifest.read(path)
+    except CheckpointError as exc:
+        raise Int8Error(str(exc)) from None
+    entry = ((manifest.get("inference") or {}).get("int8")) or None
+    if not entry or not entry.get("files"):
+        raise Int8Error(f"{manifest.path.name} records no int8 model (inference.int8): an int8 file beside it is not trusted")
+    if not entry.get("accepted"):
+        raise Int8Error(f"{manifest.path.name}: the int8 model was not accepted ({entry.get('reason', 'no test mIoU recorded')})")
+    _verify(manifest.path.parent, entry)
+    return manifest.path.parent / entry["files"][0]
 
 
 class OpenVINOModule(nn.Module):

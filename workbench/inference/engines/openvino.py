@@ -30,6 +30,7 @@ import torch.nn as nn
 from ...io.onnx import PadCropGraph, quiet_tracer
 from ...system.allocator import active_allocator
 from ...system.machine import cpu_supports_bf16
+from ..int8 import Int8Error, verify_int8
 from .base import Engine, EngineError
 from .cache import int8_ir_path
 
@@ -72,6 +73,11 @@ class OpenVINOEngine(Engine):
             source = int8_ir_path(self.manifest_path, self.artifacts)
             if source is None:
                 raise EngineError("no int8 OpenVINO model for this checkpoint (workbench.inference.quantize makes one)")
+            if self.manifest_path is not None and source.parent == Path(self.manifest_path).parent:  # shipped: verify it
+                try:
+                    verify_int8(self.manifest_path)
+                except Int8Error as exc:
+                    raise EngineError(str(exc)) from None
             self.info["ir"] = str(source)
         elif self.artifacts is not None:
             source = self.artifacts / f"openvino-{ov.__version__.split('-')[0]}-fp32.xml"  # bf16 compiles the same IR
