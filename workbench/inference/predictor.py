@@ -315,9 +315,11 @@ class Predictor:
         t3 = time.perf_counter()
         w, h = im.size
         # the argmax of the logits is the argmax of the probabilities: the softmax waits until someone asks
-        labels = upsample_argmax(logits, (h, w)) if logits.shape[-2:] != (h, w) else logits[0].argmax(0)
         dtype = np.uint8 if logits.shape[1] <= 256 else np.int32
-        labels_np = labels.numpy().astype(dtype)
+        if logits.shape[-2:] != (h, w):
+            labels_np = upsample_argmax(logits, (h, w)).numpy().astype(dtype)
+        else:  # numpy's argmax over the class axis: 4x torch's on (11, 360, 480) (same first-maximum rule)
+            labels_np = logits[0].float().numpy().argmax(0).astype(dtype)
         # (C, h, w) in C order: a channels-last result is reordered here by torch (multi-threaded), faster than
         # numpy would for the consumers that read it planar (the checkerboard score, probability maps)
         logits_work = logits[0].contiguous().numpy()
