@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -50,7 +51,7 @@ def test_every_registered_architecture_has_a_card(demo):
     cards = [b for b in demo.blocks.values() if isinstance(b, gr.Column) and "wb-card" in (b.elem_classes or [])]
     assert sorted(c.elem_id for c in cards) == sorted(f"wb-card-{n}" for n in names)
     (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
-    assert len(dep["outputs"]) == (1 + len(FIELDS)) * len(names) + 4  # per card: column + fields; disagreement, text, ground truth, state
+    assert len(dep["outputs"]) == (1 + len(FIELDS)) * len(names) + 6  # per card: column + fields; disagreement, text, ground truth, OOD notice, zip, state
     (restyle,) = [d for d in demo.config["dependencies"] if d["targets"] and d["targets"][0][1] == "release"]
     assert len(restyle["outputs"]) == (1 + len(FIELDS)) * len(names)
 
@@ -117,6 +118,113 @@ def test_the_tab_maps_every_card_field_to_its_component(demo, street):
     assert set(restyled) == set(tab.card_outputs)
     assert all(restyled[tab.cards[n]] == skip for n in tab.names)  # a restyle shows and hides nothing
     assert restyled[tab.fields["fcn8s"]["overlay"]].shape == (96, 128, 3)
+
+
+def _compare_dep(demo):
+    (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
+    return demo.fns[dep["id"]].fn.__self__
+
+
+def test_compare_tab_names_training_data_and_takes_webcam_and_clipboard_images(demo):
+    tab = _compare_dep(demo)
+    assert "What these models know" in tab.note.value and "CamVid" in tab.note.value
+    assert all(c["name"] in tab.note.value for c in workbench.classes.CAMVID_CLASSES)
+    assert tab.image.sources == ["upload", "webcam", "clipboard"]
+
+
+def test_pasted_or_webcam_data_url_is_decoded(demo, street):
+    """Webcam and clipboard images arrive as a data URL (no path): raw_upload still hands the handler a file."""
+    import base64
+
+    from gradio.data_classes import ImageData
+
+    tab = _compare_dep(demo)
+    url = "data:image/png;base64," + base64.b64encode(Path(street).read_bytes()).decode()
+    path = tab.image.preprocess(ImageData(path=None, url=url))
+    assert Image.open(path).size == (128, 96)
+    with pytest.raises(gr.Error, match="pasted data"):
+        tab.image.preprocess(ImageData(path=None, url="data:image/png;base64," + base64.b64encode(b"not a picture").decode()))
+
+
+def _calibrated_or_skip():
+    from workbench.inference.ood import load_calibrations
+
+    if "camvid_fcn8s" not in {c.checkpoint for c in load_calibrations()}:
+        pytest.skip("camvid_fcn8s has no OOD calibration")
+
+
+def test_compare_flags_a_noise_image_but_not_a_camvid_example(tmp_path):
+    _calibrated_or_skip()
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(noise)
+    steps = list(cmp.compare_stream(str(noise), ["naive", "fcn8s"], 0.5))
+    assert steps[0].ood == ""  # fcn8s (the calibrated one) has not answered yet
+    assert "looks unlike them" in steps[-1].ood and "camvid_fcn8s" in steps[-1].ood
+    street = sorted((ROOT / "workbench" / "examples" / "camvid" / "test").glob("*.png"))[0]
+    assert cmp.compare(str(street), ["naive", "fcn8s"], 0.5).ood == ""
+    assert cmp.compare(str(noise), ["naive"], 0.5).ood == ""  # no calibrated model ran: no verdict
+
+
+def test_compare_confidence_view_per_card(demo, street):
+    out = cmp.compare(street, ["fcn8s", "naive"], 0.5, confidence="entropy")
+    for name in ("fcn8s", "naive"):
+        conf = out.cards[name]["confidence"]
+        assert conf["visible"] is True and conf["value"].shape == (96, 128, 3) and conf["value"].dtype == np.uint8
+        assert "Entropy" in out.cards[name]["legend"]
+    ref = segment.zoo().predict("fcn8s", Image.open(street).convert("RGB"))
+    assert np.array_equal(out.cards["fcn8s"]["confidence"]["value"], workbench.app.knowledge.confidence_view(ref, "entropy")[0])
+    off = cmp.compare(street, ["fcn8s"], 0.5)
+    assert off.cards["fcn8s"]["confidence"]["visible"] is False and off.cards["fcn8s"]["confidence"]["value"] is None
+    tab = _compare_dep(demo)
+    first, *_, last = list(tab.run(street, ["fcn8s"], 0.5, None, "max"))
+    comp = tab.fields["fcn8s"]["confidence"]
+    assert first[comp]["visible"] is True and first[comp]["value"] is None  # the empty frame, shown while running
+    assert Image.open(last[comp]).size == (128, 96)  # filled in place (no visibility change)
+    restyled = tab.restyle(last[tab.state], 1.0)[comp]
+    assert isinstance(restyled, np.ndarray) and restyled.shape == (96, 128, 3)  # a restyle keeps it and sends no visibility
+    with pytest.raises(gr.Error, match="confidence"):
+        next(iter(tab.run(street, ["fcn8s"], 0.5, None, "bogus")))
+
+
+def test_compare_label_png_download_reads_back_to_the_labels(street):
+    out = cmp.compare(street, ["fcn8s", "naive"], 0.5)
+    for name in ("fcn8s", "naive"):
+        path = out.cards[name]["download"]
+        assert path.endswith(f"{name}_labels.png")
+        img = Image.open(path)
+        assert img.mode == "P" and img.size == (128, 96)
+        assert np.array_equal(np.asarray(img), out.state["results"][name]["labels"])
+        classes = segment.zoo().predictor(name).classes
+        palette = np.asarray(img.getpalette()[: 3 * len(classes)]).reshape(-1, 3)
+        assert [tuple(p) for p in palette] == [tuple(c["color"]) for c in classes]
+
+
+def test_compare_zip_holds_every_result_of_the_request(demo, street):
+    out = cmp.compare(street, ["fcn8s", "naive"], 0.5, confidence="max")
+    path = cmp.results_zip(out.state)
+    assert path.endswith("workbench_results.zip") and cmp.results_zip(out.state) == path  # packed once
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        doc = json.loads(zf.read("results.json"))
+        assert [m["name"] for m in doc["models"]] == ["fcn8s", "naive"] and doc["models_run"] == ["fcn8s", "naive"]
+        for m in doc["models"]:
+            assert set(m["files"]) == {"labels", "overlay", "confidence"} and set(m["files"].values()) <= names
+            labels = np.asarray(Image.open(zf.open(m["files"]["labels"])))
+            assert np.array_equal(labels, out.state["results"][m["name"]]["labels"])
+            assert m["engine"] == "torch" and m["latency_ms"] > 0
+        assert "input.png" in names and Image.open(zf.open("input.png")).size == (128, 96)
+        assert "ood" in doc
+    assert cmp.results_zip(None) is None
+    with pytest.raises(gr.Error, match="press Segment again"):
+        cmp.results_zip({"zip_key": "dropped"})
+    # the page: Segment clears the previous zip while it runs, then a chained event packs this run's zip
+    tab = _compare_dep(demo)
+    steps = list(tab.run(street, ["naive"], 0.5, out.state))
+    assert all(step[tab.zip] is None for step in steps)
+    (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
+    chained = [d for d in demo.config["dependencies"] if d["trigger_after"] == dep["id"] and d["outputs"] == [tab.zip._id]]
+    assert len(chained) == 1 and chained[0]["inputs"] == [tab.state._id] and chained[0]["trigger_only_on_success"]
+    assert zipfile.is_zipfile(demo.fns[chained[0]["id"]].fn(steps[-1][tab.state]))
 
 
 def test_untrained_models_are_labelled_untrained(street):
@@ -213,14 +321,15 @@ def test_served_app_answers_gradio_client(demo, street):
         result = client.predict(handle_file(street), ["fcn8s", "unet"], 0.5, api_name="/compare")
         names = workbench.list_architectures()
         per_card = len(FIELDS)  # the column's visibility is not an API output
-        assert per_card == 5 and len(result) == per_card * len(names) + 3  # header, mask, overlay, errors, legend per slot; disagreement image and text; ground truth
+        assert per_card == 7 and len(result) == per_card * len(names) + 5  # header, mask, overlay, errors, confidence, legend, download per slot; disagreement image and text; ground truth; OOD notice; zip
         for i, name in enumerate(names):
             card = dict(zip(FIELDS, result[per_card * i : per_card * i + per_card]))
             if name in ("fcn8s", "unet"):
                 assert "latency" in card["header"]
                 assert Image.open(card["mask"]).size == (128, 96)
                 assert Image.open(card["overlay"]).size == (128, 96)
-        assert "2 models agree on" in result[-2]
+        assert "2 models agree on" in result[-4]
+        assert result[-1] is None  # the zip is packed by an event chained after /compare (test_compare_zip_...)
         text, table = client.predict("unet", 64, 64, api_name="/describe_architecture")
         assert "U-Net" in text
     finally:

@@ -8,13 +8,23 @@ order of the outputs.
 Compare streams (:func:`compare_stream`): every selected card first says it is running, then each card is
 filled in as soon as its model finishes (the fastest expected first: :func:`~workbench.app.segment.run_order`;
 the cards keep their places), and the last result carries every output, which is what the ``/compare`` API
-returns. :meth:`CompareTab.run` sends each step to the page so that Gradio 6's page shows it as sent: every value
+returns. Besides the cards, the tab names the training data and classes (:func:`~workbench.app.knowledge.training_note`),
+shows the out-of-distribution notice once every calibrated model that was selected has answered
+(:func:`~workbench.app.knowledge.least_alarmed` of their verdicts, see docs/ood.md), offers each card's label map
+as an index PNG, an optional confidence view per card, and one zip of the request's results, packed by an event
+chained after the run (:func:`results_zip`: about 0.5 s for seven models, which the last card does not wait for).
+:meth:`CompareTab.run` sends each step to the page so that Gradio 6's page shows it as sent: every value
 every step, a visibility only when it changes (see its docstring for why).
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +35,15 @@ import numpy as np
 
 from workbench import viz
 from workbench.classes import CAMVID_CLASSES, IGNORE_INDEX
+from workbench.inference.ood import load_calibrations
 
+from . import knowledge
 from .common import HEAVY, LIGHT, architectures, badge, clock, fast_png, raw_upload, zoo
-from .segment import cached_segment_stream
+from .segment import CONFIDENCE_KINDS, cached_segment_stream
 
-__all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "compare_stream", "encoded_images", "render_cards", "restyle"]
+__all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "IMAGE_SOURCES", "card_values", "compare", "compare_stream", "results_zip", "encoded_images", "render_cards", "restyle"]
 
+IMAGE_SOURCES = ("upload", "webcam", "clipboard")  # where the input image can come from
 DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large
 STATE_TTL_S = 900  # a session's cached label maps live this long
 RUNNING: dict = {"running": True}  # the result entry of a selected model that has not answered yet
@@ -60,8 +73,16 @@ CARD_FIELDS: tuple[CardField, ...] = (
     # photo-like: JPEG is 100x faster to encode than PNG
     CardField("overlay", gr.Image, dict(label="Overlay", format="jpeg", interactive=False, height=220)),
     CardField("errors", gr.Image, dict(label="Errors (red: wrong, dark blue: void)", format="jpeg", interactive=False, height=220, visible=False)),
+    # shown when the request asks for a confidence view (the "Confidence view" dropdown): dark = unsure
+    CardField("confidence", gr.Image, dict(label="Confidence (dark: unsure)", format="jpeg", interactive=False, height=220, visible=False)),
     CardField("legend", gr.HTML),
+    CardField("download", gr.DownloadButton, dict(label="Label map (index PNG)", size="sm", variant="secondary")),
 )
+CONFIDENCE_CHOICES = [("Off", "off"), ("Max probability", "max"), ("Entropy", "entropy")]  # the dropdown's (label, value)
+DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "segmentation-workbench" / "downloads"
+MAX_PENDING_ZIPS = 16  # requests whose full-size results wait for results_zip (the oldest are dropped)
+_PENDING: OrderedDict[str, dict] = OrderedDict()  # state["zip_key"] -> {"entries", "image", "summary"} or {"path"}
+_PENDING_LOCK = threading.Lock()
 _FORMATS = {f.name: f.image_format for f in CARD_FIELDS}
 
 
@@ -89,41 +110,68 @@ def _card_header(name: str, res: dict | None = None, error: str | None = None) -
     return "".join(parts)
 
 
-def card_values(name: str, res: dict | None, image: np.ndarray | None, opacity: float, base: np.ndarray | None = None, gt: np.ndarray | None = None) -> dict[str, Any]:
+def write_download(data: bytes, filename: str) -> str:
+    """Write a download's bytes to a file named ``filename`` (in a folder named by the content's hash, so the same
+    result is written once) and return its path; Gradio serves a copy from its cache."""
+    path = DOWNLOAD_DIR / hashlib.sha256(data).hexdigest()[:24] / filename
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + f".{id(data)}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: a concurrent request never serves half a file
+    return str(path)
+
+
+def card_values(name: str, res: dict | None, image: np.ndarray | None, opacity: float, base: np.ndarray | None = None, gt: np.ndarray | None = None,
+                confidence: str | None = None) -> dict[str, Any]:
     """One card's contents: ``visible`` (the card itself) and a value for every field of :data:`CARD_FIELDS`.
 
     Args:
         res: the architecture's entry of :func:`~workbench.app.segment.segment_stream`'s results (None: not
             selected; :data:`RUNNING`: selected, not answered yet: a header saying so and no pictures, the error
-            map's frame shown empty when there is ground truth).
+            map's and the confidence view's frames shown empty when they will be filled). Its ``label_png`` is the
+            path of the label map's index PNG (:func:`compare_stream` writes it), ``confidence`` the view's
+            ``(kind, rgb, legend)``.
         base: the dimmed image the error maps are drawn on (None: no ground truth, no error map).
+        confidence: the request's confidence view (None: none asked for).
     """
     hidden_errors = gr.update(value=None, visible=False)
     if res is None:
-        return {"visible": False, "header": "", "mask": None, "overlay": None, "errors": hidden_errors, "legend": ""}
+        return {"visible": False, "header": "", "mask": None, "overlay": None, "errors": hidden_errors, "confidence": gr.update(value=None, visible=False),
+                "legend": "", "download": None}
     if "error" in res or res.get("running"):
         # a running card shows the error map's empty frame when there is ground truth: the map fills it in place
         # (showing a component and setting its value in one step loses the value on the page, see CompareTab.run)
-        errors = gr.update(value=None, visible=base is not None) if res.get("running") else hidden_errors
-        return {"visible": True, "header": _card_header(name, res, error=res.get("error")), "mask": None, "overlay": None, "errors": errors, "legend": ""}
+        running = bool(res.get("running"))
+        errors = gr.update(value=None, visible=base is not None) if running else hidden_errors
+        conf = gr.update(value=None, visible=running and confidence is not None)
+        return {"visible": True, "header": _card_header(name, res, error=res.get("error")), "mask": None, "overlay": None, "errors": errors,
+                "confidence": conf, "legend": "", "download": None}
     classes = zoo().predictor(name).classes
     err = viz.error_map(res["labels"], gt, ignore_index=IGNORE_INDEX, base=base) if base is not None and "miou" in res else None
+    legend = viz.legend_html(classes, present=viz.present_labels(res["labels"], len(classes)))
+    conf = res.get("confidence")
+    if conf is not None:
+        legend += f'<div class="wb-confidence-legend">{"Max probability" if conf[0] == "max" else "Entropy"}: {conf[2]}</div>'
     return {
         "visible": True,
         "header": _card_header(name, res),
         "mask": fast_png(viz.palette_image(res["labels"], classes)),  # a palette image PNG-encodes 5x faster than an RGB array
         "overlay": viz.overlay(image, viz.colorize(res["labels"], classes), opacity),
         "errors": gr.update(value=err, visible=err is not None),
-        "legend": viz.legend_html(classes, present=viz.present_labels(res["labels"], len(classes))),
+        "confidence": gr.update(value=conf[1] if conf is not None else None, visible=conf is not None),
+        "legend": legend,
+        "download": res.get("label_png") if isinstance(res.get("label_png"), str) else None,
     }
 
 
-def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np.ndarray | None = None, names: list[str] | None = None, running: list[str] = ()) -> dict[str, dict]:
+def render_cards(image: np.ndarray | None, results: dict, opacity: float, gt: np.ndarray | None = None, names: list[str] | None = None, running: list[str] = (),
+                 confidence: str | None = None) -> dict[str, dict]:
     """Every card's contents, ``{architecture: card_values(...)}``, for ``names`` (default: every registered
     architecture); those in ``running`` without a result yet say they are running."""
     base = viz.dimmed(image) if gt is not None and image is not None else None  # shared by every error map
     entry = {name: RUNNING for name in running} | results
-    return {name: card_values(name, entry.get(name), image, opacity, base, gt) for name in (names if names is not None else architectures())}
+    return {name: card_values(name, entry.get(name), image, opacity, base, gt, confidence) for name in (names if names is not None else architectures())}
 
 
 def disagreement_outputs(image: np.ndarray, results: dict) -> tuple[np.ndarray | None, str]:
@@ -143,8 +191,9 @@ class CompareResult:
     disagreement: np.ndarray | None  # the disagreement map (None with fewer than two results, or while running)
     agreement: str  # the sentence under it (while running: how many models are done)
     ground_truth: dict  # gr.update of the ground-truth image (visible only when the image has one)
-    state: dict  # {"image", "results", "gt", "archs"}: kept in the session to restyle without rerunning models
+    state: dict  # {"image", "results", "gt", "archs", "confidence"}: kept in the session to restyle without rerunning models
     changed: tuple[str, ...] | None = None  # the cards that changed since the previous step; None: everything did
+    ood: str = ""  # the out-of-distribution notice (knowledge.ood_html; empty: none, or not every calibrated model done)
 
     @property
     def complete(self) -> bool:
@@ -163,18 +212,30 @@ def encoded_images(result: CompareResult) -> list[tuple[Any, str]]:
     return [(v.get("value") if isinstance(v, dict) else v, fmt) for v, fmt in out]
 
 
-def compare_stream(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=None, names: list[str] | None = None) -> Iterator[CompareResult]:
+def _calibrated(archs: list[str]) -> set[str]:
+    """The selected architectures whose checkpoint has an out-of-distribution calibration (docs/ood.md)."""
+    shas = {cal.sha256 for cal in load_calibrations()}
+    entries = zoo().entries
+    return {n for n in archs if getattr(getattr(entries.get(n), "manifest", None), "sha256", None) in shas}
+
+
+def compare_stream(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=None, names: list[str] | None = None,
+                   confidence: str | None = None) -> Iterator[CompareResult]:
     """The Compare tab, step by step: segment with every selected architecture and lay out one card each.
 
     Yields a complete :class:`CompareResult` with every selected card running (and the ground truth, known
-    at once), then one per finished model but the last (``changed``: that card), then the complete final result.
-    ``timings`` (optional dict) receives the milliseconds spent per stage (``workbench bench --request``);
-    ``progress`` is told which model is running; ``names``: the architectures that have a card (default:
-    every registered one).
+    at once), then one per finished model but the last (``changed``: that card), then the complete final result,
+    whose ``state["zip_key"]`` lets :func:`results_zip` pack the request's results. The out-of-distribution notice is set from the step at which every selected
+    calibrated model has answered. ``timings`` (optional dict) receives the milliseconds spent per stage
+    (``workbench bench --request``); ``progress`` is told which model is running; ``names``: the architectures
+    that have a card (default: every registered one); ``confidence``: None or a kind of
+    :data:`~workbench.app.segment.CONFIDENCE_KINDS` for a confidence view on every card.
     """
     names = names if names is not None else architectures()
-    stream = cached_segment_stream(image_path, archs, timings, progress)
+    stream = cached_segment_stream(image_path, archs, timings, progress, confidence)
     image, gt, _, _ = next(stream)  # bad inputs raise here, before anything is shown
+    full_image = image  # the zip holds the results at full size
+    calibrated = _calibrated(list(archs))
     # What the browser shows (and the session keeps for restyling) is at most DISPLAY_MAX_SIDE pixels a side:
     # a 24-megapixel upload must not keep ~100 MB per session alive. Scores were computed at full size.
     with clock(timings, "fit for display"):
@@ -183,33 +244,86 @@ def compare_stream(image_path: str | None, archs: list[str], opacity: float, tim
     with clock(timings, "colorize, overlay, error maps, legends"):
         gt_img = fast_png(viz.palette_image(gt, CAMVID_CLASSES)) if gt is not None else None  # only CamVid images have one
         base = viz.dimmed(image) if gt is not None else None  # shared by every error map
-        cards = render_cards(image, {}, opacity, gt, names, running=archs)
+        cards = render_cards(image, {}, opacity, gt, names, running=archs, confidence=confidence)
     gt_update = gr.update(value=gt_img, visible=gt_img is not None)
     results: dict[str, dict] = {}
+    full: dict[str, dict] = {}  # per model what the zip needs, at full size (not kept in the session)
 
     def state() -> dict:
-        return {"image": image, "results": dict(results), "gt": gt, "archs": list(archs)}
+        return {"image": image, "results": dict(results), "gt": gt, "archs": list(archs), "confidence": confidence}
 
-    yield CompareResult(dict(cards), None, f"⏳ Running {len(archs)} model(s)…", gt_update, state())
+    def ood() -> str:  # once every calibrated model has answered (they agree to flag, or the notice stays away)
+        if not calibrated <= set(results):
+            return ""
+        return knowledge.ood_html(knowledge.least_alarmed(results[n].get("ood") for n in calibrated))
+
+    yield CompareResult(dict(cards), None, f"⏳ Running {len(archs)} model(s)…", gt_update, state(), ood=ood())
     for _, _, name, res in stream:
         if "labels" in res:
+            conf = res.get("confidence")
+            full[name] = {"name": name, "labels": res["labels"], "classes": zoo().predictor(name).classes, "confidence": conf[1] if conf else None,
+                          "info": {k: res[k] for k in ("engine", "precision", "latency_ms", "miou", "accuracy", "checkerboard") if k in res}}
+            with clock(timings, "label PNG, OOD score"):
+                png = res.get("label_png")
+                res = {**res, "label_png": write_download(png, f"{name}_labels.png") if isinstance(png, bytes) else png}
             with clock(timings, "fit for display"):
                 res = {**res, "labels": viz.fit_for_display(res["labels"], DISPLAY_MAX_SIDE, labels=True)}
+                if conf is not None:
+                    res["confidence"] = (conf[0], viz.fit_for_display(conf[1], DISPLAY_MAX_SIDE), conf[2])
         results[name] = res
         if name in cards:
             with clock(timings, "colorize, overlay, error maps, legends"):
-                cards[name] = card_values(name, res, image, opacity, base, gt)
+                cards[name] = card_values(name, res, image, opacity, base, gt, confidence)
         if len(results) < len(set(archs)):  # the last card arrives with the complete result
-            yield CompareResult(dict(cards), None, f"⏳ {len(results)} of {len(archs)} models done…", gt_update, state(), changed=(name,))
+            yield CompareResult(dict(cards), None, f"⏳ {len(results)} of {len(archs)} models done…", gt_update, state(), changed=(name,), ood=ood())
     with clock(timings, "disagreement map"):
         dis_img, dis_text = disagreement_outputs(image, {n: results[n] for n in archs if n in results})
-    yield CompareResult(cards, dis_img, dis_text, gt_update, state())
+    final = state()
+    if full:  # packed later (results_zip), so the last card does not wait for the zip
+        verdict = knowledge.least_alarmed(results[n].get("ood") for n in calibrated if n in results)
+        summary = {"models_run": [n for n in archs if n in full], "ood": verdict.to_dict() if verdict is not None else None,
+                   "errors": {n: r["error"] for n, r in results.items() if "error" in r}}
+        final["zip_key"] = key = uuid.uuid4().hex
+        with _PENDING_LOCK:
+            _PENDING[key] = {"entries": [full[n] for n in archs if n in full], "image": full_image, "opacity": opacity, "summary": summary}
+            while len(_PENDING) > MAX_PENDING_ZIPS:
+                _PENDING.popitem(last=False)
+    yield CompareResult(cards, dis_img, dis_text, gt_update, final, ood=ood())
 
 
-def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=None, names: list[str] | None = None) -> CompareResult:
+def results_zip(state: dict | None, timings: dict | None = None) -> str | None:
+    """The path of one zip of every result of the Compare run that left ``state``: per model the label map (index
+    PNG), the overlay, the confidence view when one was asked for, and ``results.json`` (engine, precision,
+    latency, scores, the out-of-distribution verdict); see :func:`workbench.app.knowledge.request_zip`.
+
+    None when the run produced no result. Packed once per run (a second call returns the same file); a run's
+    full-size results wait for this for the last :data:`MAX_PENDING_ZIPS` runs only.
+
+    Raises:
+        gr.Error: the run is too old (its results were dropped): run Compare again.
+    """
+    key = (state or {}).get("zip_key")
+    if not key:
+        return None
+    with _PENDING_LOCK:
+        pending = _PENDING.get(key)
+    if pending is None:
+        raise gr.Error("These results are no longer kept for download: press Segment again.")
+    if "path" not in pending:
+        with clock(timings, "results zip"):
+            data = knowledge.entries_zip(pending["entries"], pending["image"], overlay_alpha=pending["opacity"], summary=pending["summary"])
+        pending = {"path": write_download(data, "workbench_results.zip")}
+        with _PENDING_LOCK:
+            if key in _PENDING:
+                _PENDING[key] = pending
+    return pending["path"]
+
+
+def compare(image_path: str | None, archs: list[str], opacity: float, timings: dict | None = None, progress=None, names: list[str] | None = None,
+            confidence: str | None = None) -> CompareResult:
     """:func:`compare_stream` run to the end: the complete result."""
     result = None
-    for result in compare_stream(image_path, archs, opacity, timings, progress, names):
+    for result in compare_stream(image_path, archs, opacity, timings, progress, names, confidence):
         pass
     return result
 
@@ -218,7 +332,7 @@ def restyle(state: dict | None, opacity: float, names: list[str] | None = None) 
     """Opacity changed: redraw the overlays from the cached label maps, without rerunning models."""
     if not state:
         return render_cards(None, {}, opacity, names=names)
-    return render_cards(state["image"], state["results"], opacity, state.get("gt"), names, running=state.get("archs", ()))
+    return render_cards(state["image"], state["results"], opacity, state.get("gt"), names, running=state.get("archs", ()), confidence=state.get("confidence"))
 
 
 def _props(value: Any) -> dict:
@@ -238,11 +352,16 @@ class CompareTab:
         self.names = list(names)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                self.image = raw_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=300))
+                self.image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=300))
                 self.archs = gr.CheckboxGroup(self.names, value=selection, label="Architectures", elem_classes=["wb-archs"])
                 self.opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                self.confidence = gr.Dropdown(CONFIDENCE_CHOICES, value="off", label="Confidence view per card (dark: unsure)",
+                                              info="Max probability or entropy of each pixel's class probabilities; about 20 ms a model.")
                 self.button = gr.Button("Segment", variant="primary")
+                self.zip = gr.DownloadButton("Download all results (zip)", value=None, size="sm", variant="secondary")
             with gr.Column(scale=2, min_width=320):
+                self.note = gr.Markdown(knowledge.training_note(CAMVID_CLASSES), elem_classes=["wb-training-note"])
+                self.ood = gr.HTML()
                 with gr.Row():
                     self.disagreement = gr.Image(label="Disagreement map", format=_RESULT_FORMATS["disagreement"], interactive=False, height=300)
                     self.ground_truth = gr.Image(label="Ground truth", format=_RESULT_FORMATS["ground_truth"], interactive=False, height=300, visible=False)
@@ -258,7 +377,7 @@ class CompareTab:
         # the API's order: per architecture its card and fields, then the disagreement map, its text, the ground truth
         self.card_outputs = [c for name in self.names for c in (self.cards[name], *self.fields[name].values())]
         self._card_of = {comp: self.cards[name] for name in self.names for comp in self.fields[name].values()}  # field -> its card
-        self.outputs = [*self.card_outputs, self.disagreement, self.agreement, self.ground_truth, self.state]
+        self.outputs = [*self.card_outputs, self.disagreement, self.agreement, self.ground_truth, self.ood, self.zip, self.state]
         self.examples = gr.Examples(  # a click fills the inputs and runs Compare (wire()), answered from memory after the first time
             [[path, selection, 0.5] for path in examples], inputs=[self.image, self.archs, self.opacity],
             cache_examples=False, examples_per_page=8,
@@ -284,12 +403,14 @@ class CompareTab:
                 self.disagreement: result.disagreement,
                 self.agreement: result.agreement,
                 self.ground_truth: result.ground_truth,
+                self.ood: result.ood,
+                self.zip: None,  # cleared while this run's results come in: set by pack_zip after the run
                 self.state: result.state,
             }
         changed = {name: result.cards[name] for name in result.changed if name in self.cards}
-        return {**self.card_updates(changed), self.agreement: result.agreement, self.state: result.state}
+        return {**self.card_updates(changed), self.agreement: result.agreement, self.ood: result.ood, self.state: result.state}
 
-    def run(self, image_path: str | None, archs: list[str], opacity: float, previous: dict | None = None) -> Iterator[dict]:
+    def run(self, image_path: str | None, archs: list[str], opacity: float, previous: dict | None = None, confidence: str | None = "off") -> Iterator[dict]:
         """Segment the image with every selected architecture, streaming each card as its model finishes
         (the /compare endpoint: its last value is the complete result).
 
@@ -298,11 +419,15 @@ class CompareTab:
         loses values otherwise: an update without a value (a card column's ``visible``) reads its children's
         values back from the page while the same message sets them, so a card would keep an old mask or lose its
         new one until a later message set it again. A picture is encoded once per run: later steps send its file.
+        ``confidence``: the dropdown's value ("off", or a kind of :data:`~workbench.app.segment.CONFIDENCE_KINDS`).
         """
+        kind = None if confidence in (None, "", "off") else confidence
+        if kind is not None and kind not in CONFIDENCE_KINDS:
+            raise gr.Error(f"Unknown confidence view {confidence!r}: choose one of off, {', '.join(CONFIDENCE_KINDS)}.")
         shown: dict = {}  # component -> {"value"?, "visible"?}: what this run has the page show
         known = self._visibility(previous)  # component -> the visibility the page has
         files: dict[int, tuple[Any, str]] = {}  # id(picture) -> (the picture, kept alive; the file Gradio wrote for it)
-        for result in compare_stream(image_path, archs, opacity, names=self.names):
+        for result in compare_stream(image_path, archs, opacity, names=self.names, confidence=kind):
             for comp, value in self.updates(result).items():
                 update = _props(value)
                 if "value" in update and isinstance(comp, gr.Image):
@@ -349,15 +474,21 @@ class CompareTab:
         """Redraw the overlays; the cards keep their visibility (a restyle shows and hides nothing)."""
         known = self._visibility(state) if state else {comp: False for comp in self.cards.values()}
         shown = {comp: _props(value) for comp, value in self.card_updates(restyle(state, opacity, self.names)).items()}
-        errors = {self.fields[name]["errors"] for name in self.names}
+        errors = {self.fields[name][key] for name in self.names for key in ("errors", "confidence")}  # shown as they were
         known |= {comp: want.get("visible") for comp, want in shown.items() if comp in errors}
         return self._send(shown, known)
 
+    def pack_zip(self, state: dict | None) -> str | None:
+        """The zip download of the last run's results (an event chained after the run; no network runs here)."""
+        return results_zip(state)
+
     def wire(self):
         """The tab's events (inside the Blocks, after the layout); returns the Segment click's event (to chain on)."""
-        inputs = [self.image, self.archs, self.opacity, self.state]
+        inputs = [self.image, self.archs, self.opacity, self.state, self.confidence]
         event = self.button.click(self.run, inputs, self.outputs, api_name="compare", **HEAVY)
+        event.success(self.pack_zip, [self.state], [self.zip], api_name=False, **LIGHT)
         # an example's click runs the same handler in the same queue slot, after it has filled the inputs
-        self.examples.load_input_event.then(self.run, inputs, self.outputs, api_name=False, **HEAVY)
+        self.examples.load_input_event.then(self.run, inputs, self.outputs, api_name=False, **HEAVY).success(
+            self.pack_zip, [self.state], [self.zip], api_name=False, **LIGHT)
         self.opacity.release(self.restyle, [self.state, self.opacity], self.card_outputs, api_name=False, **LIGHT)
         return event

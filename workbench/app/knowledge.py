@@ -18,7 +18,7 @@ from ..inference.ood import OodResult, load_calibrations
 from ..inference.predictor import Prediction
 from ..io.exports import label_png_bytes, results_zip
 
-__all__ = ["training_note", "ood_verdict", "ood_html", "confidence_view", "label_png", "request_zip"]
+__all__ = ["training_note", "ood_verdict", "least_alarmed", "ood_html", "confidence_view", "label_png", "request_zip", "entries_zip"]
 
 DATASET_NOTES = {
     "camvid": "CamVid: 367 training frames filmed from a car driving through Cambridge, UK (daylight and dusk street scenes)",
@@ -44,7 +44,14 @@ def ood_verdict(predictions: Iterable[tuple[str | None, Prediction]]) -> OodResu
     camvid_unet's 0.4% instead of camvid_fcn8s's 2.1%, and still flags every held-out non-street image
     (benchmarks/ood_calibration.md). ``None`` when no calibrated checkpoint ran."""
     by_sha = {sha: p for sha, p in predictions if sha and isinstance(p, Prediction)}
-    results = [cal.score_logits(by_sha[cal.sha256].logits_work) for cal in load_calibrations() if cal.sha256 in by_sha]
+    return least_alarmed(cal.score_logits(by_sha[cal.sha256].logits_work) for cal in load_calibrations() if cal.sha256 in by_sha)
+
+
+def least_alarmed(results: Iterable[OodResult | None]) -> OodResult | None:
+    """The verdict of several checkpoints' verdicts on one image (None ones skipped): the least alarmed (smallest
+    score minus threshold), so the image is flagged only when every one flags it; None when there are none.
+    ``least_alarmed(ood_verdict([pair]) for pair in pairs)`` is ``ood_verdict(pairs)``."""
+    results = [r for r in results if r is not None]
     return min(results, key=lambda r: r.score - r.threshold) if results else None
 
 
@@ -77,15 +84,25 @@ def request_zip(results: Sequence[tuple[str, Prediction]], *, overlay_alpha: flo
     engine, precision, timings and latency; ``summary`` adds request-level facts (e.g. the OOD verdict)."""
     if not results:
         raise ValueError("no results to pack")
-    image = np.asarray(results[0][1].image.convert("RGB"))
+    entries = [{
+        "name": name, "labels": p.labels, "classes": p.classes, "confidence": viz.confidence_image(p.probs, confidence)[0] if confidence else None,
+        "info": {"engine": p.engine, "precision": p.engine_precision, "latency_ms": round(p.latency_ms, 1),
+                 "timings_ms": {k: round(v, 1) for k, v in p.timings.items()}},
+    } for name, p in results]
+    return entries_zip(entries, np.asarray(results[0][1].image.convert("RGB")), overlay_alpha=overlay_alpha, summary=summary)
+
+
+def entries_zip(entries: Sequence[Mapping[str, Any]], image: np.ndarray, *, overlay_alpha: float = 0.5,
+                summary: Mapping[str, Any] | None = None) -> bytes:
+    """:func:`request_zip` from results already reduced to ``{"name", "labels", "classes"[, "confidence"][, "info"]}``
+    (the Compare tab keeps these, not the probabilities): the overlays are drawn here on ``image`` (H, W, 3)."""
+    if not entries:
+        raise ValueError("no results to pack")
+    image = np.asarray(image)
     models = []
-    for name, p in results:
-        mask = viz.colorize(p.labels, p.classes)
-        base = image if image.shape[:2] == mask.shape[:2] else np.asarray(p.image.convert("RGB"))
-        conf = viz.confidence_image(p.probs, confidence)[0] if confidence else None
-        models.append({
-            "name": name, "labels": p.labels, "classes": p.classes, "overlay": viz.overlay(base, mask, overlay_alpha), "confidence": conf,
-            "info": {"engine": p.engine, "precision": p.engine_precision, "latency_ms": round(p.latency_ms, 1),
-                     "timings_ms": {k: round(v, 1) for k, v in p.timings.items()}},
-        })
+    for e in entries:
+        mask = viz.colorize(e["labels"], e["classes"])
+        overlay = viz.overlay(image, mask, overlay_alpha) if image.shape[:2] == mask.shape[:2] else None
+        models.append({"name": e["name"], "labels": e["labels"], "classes": e["classes"], "overlay": overlay,
+                       "confidence": e.get("confidence"), "info": e.get("info", {})})
     return results_zip(models, image=image, summary=summary)

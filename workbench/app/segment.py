@@ -24,6 +24,7 @@ from workbench.evaluation.metrics import segmentation_metrics
 from workbench.inference import predictor as _predictor
 from workbench.inference.predictor import resolve_device
 
+from . import knowledge
 from .common import clock, read_upload, record_engine, zoo
 from .gpu import on_gpu
 
@@ -75,6 +76,22 @@ def _engine_of(name: str, pred) -> dict:
     return {"engine": engine, "precision": precision, "engine_reason": reason}
 
 
+CONFIDENCE_KINDS = ("max", "entropy")  # knowledge.confidence_view's kinds (viz.confidence_map)
+
+
+def _knowledge(name: str, pred, confidence: str | None, timings) -> dict:
+    """What the Compare tab shows besides the mask, computed while the prediction (and its probabilities) is at
+    hand: the label map as an index PNG, the checkpoint's own out-of-distribution verdict (None when its
+    weights are not calibrated) and, when asked (``confidence``: one of :data:`CONFIDENCE_KINDS`), the confidence
+    view (about 15-20 ms a model, so only on request)."""
+    with clock(timings, "label PNG, OOD score"):
+        out = {"label_png": knowledge.label_png(pred), "ood": knowledge.ood_verdict([(getattr(zoo().predictor(name).manifest, "sha256", None), pred)])}
+    if confidence:
+        with clock(timings, "confidence view"):
+            out["confidence"] = (confidence, *knowledge.confidence_view(pred, confidence))
+    return out
+
+
 def _score(name: str, pred, gt, pair_base, timings) -> tuple[dict, np.ndarray | None]:
     """One model's result entry from its prediction (checkerboard, engine, scores vs the ground truth)."""
     if timings is not None:
@@ -96,21 +113,26 @@ def _score(name: str, pred, gt, pair_base, timings) -> tuple[dict, np.ndarray | 
 
 
 @on_gpu
-def segment_stream(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> Iterator[tuple]:
+def segment_stream(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None, confidence: str | None = None) -> Iterator[tuple]:
     """Run every selected architecture on one image, yielding each result as soon as it is ready.
 
     Yields:
         First ``(image, ground_truth, None, None)``: the decoded RGB image and the CamVid label map when the
         image is a CamVid image under the data root (else None). Then ``(image, ground_truth, arch, result)``
         per architecture in :func:`run_order`, ``result`` being ``{"labels", "latency_ms", "checkerboard",
-        "engine", "precision", "engine_reason"[, "miou", "accuracy"]}`` or ``{"error"}``
-        (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the logits).
+        "engine", "precision", "engine_reason", "label_png", "ood"[, "miou", "accuracy"][, "confidence"]}`` or
+        ``{"error"}`` (``checkerboard``: :func:`workbench.lab.checkerboard_score` of the logits; ``label_png``:
+        the label map as index-PNG bytes; ``ood``: this checkpoint's :class:`~workbench.inference.ood.OodResult`
+        or None; ``confidence``: ``(kind, rgb, legend_html)`` when ``confidence`` names a kind).
+        ``confidence``: None, or one of :data:`CONFIDENCE_KINDS` for a per-model confidence view.
 
     Raises:
         gr.Error: no image, an image that cannot be read, or no architecture selected (before the first yield).
     """
     if not archs:
         raise gr.Error("Select at least one architecture.")
+    if confidence is not None and confidence not in CONFIDENCE_KINDS:
+        raise gr.Error(f"Unknown confidence view {confidence!r}: choose one of {', '.join(CONFIDENCE_KINDS)}.")
     with clock(timings, "decode"):
         image = read_upload(image_path)
         arr = np.asarray(image)
@@ -130,6 +152,7 @@ def segment_stream(image_path: str | None, archs: list[str], timings: dict | Non
             if isinstance(pred, Exception):
                 raise pred
             res, pair_base = _score(name, pred, gt, pair_base, timings)
+            res.update(_knowledge(name, pred, confidence, timings))
             _LATENCY_MS[name] = min(float(pred.latency_ms), _LATENCY_MS.get(name, float("inf")))
         except Exception as exc:  # one failing model must not take the comparison down
             res = {"error": f"{type(exc).__name__}: {exc}"}
@@ -172,14 +195,14 @@ def register_examples(paths: list[str]) -> list[str]:
     return paths
 
 
-def cached_segment_stream(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None) -> Iterator[tuple]:
-    """:func:`segment_stream`, answered from memory for the example images (bounded: examples x selections):
-    a cached answer streams at once, in the order it was computed."""
+def cached_segment_stream(image_path: str | None, archs: list[str], timings: dict | None = None, progress=None, confidence: str | None = None) -> Iterator[tuple]:
+    """:func:`segment_stream`, answered from memory for the example images (bounded: examples x selections x
+    confidence views): a cached answer streams at once, in the order it was computed."""
     if timings is not None:  # profiling (workbench bench --request) measures the real work
-        yield from segment_stream(image_path, archs, timings, progress)
+        yield from segment_stream(image_path, archs, timings, progress, confidence)
         return
     digest = _digest(image_path) if _EXAMPLE_DIGESTS else None
-    key = (digest, tuple(archs))
+    key = (digest, tuple(archs), confidence)
     if digest in _EXAMPLE_DIGESTS:
         with _EXAMPLE_LOCK:
             hit = _EXAMPLE_CACHE.get(key)
@@ -190,7 +213,7 @@ def cached_segment_stream(image_path: str | None, archs: list[str], timings: dic
                 yield image, gt, name, dict(res)  # callers replace entries; keep ours
             return
     results: dict[str, dict] = {}
-    for image, gt, name, res in segment_stream(image_path, archs, timings, progress):
+    for image, gt, name, res in segment_stream(image_path, archs, timings, progress, confidence):
         if name is not None:
             results[name] = dict(res)
         yield image, gt, name, res
