@@ -145,6 +145,7 @@ def test_the_engine_a_command_line_will_run(monkeypatch):
     assert process_engine("eval", ["--engine=openvino"]) == "openvino"
     assert process_engine("eval", []) == "torch"
     assert process_engine("bench", ["--engines"]) == "auto"
+    assert process_engine("bench", ["--engines", "--engine", "torch", "openvino"]) == "auto"  # a list of engines
     assert process_engine("bench", ["--request", "--repeats", "7"]) == "auto"  # the app's engine
     assert process_engine("bench", ["--train"]) == "torch"
     monkeypatch.setenv("WORKBENCH_ENGINE", "onnxruntime")

@@ -253,10 +253,12 @@ def process_engine(command: str, argv: list[str]) -> str:
     """The inference engine a command line will run: ``--engine``, else ``$WORKBENCH_ENGINE``, else the
     command's default (``app``: auto; ``bench --engines``: every engine, and ``bench --request``: the app's, so auto;
     the others: torch)."""
+    if command == "bench" and ("--engines" in argv or "--request" in argv):
+        return "auto"  # they run every engine (bench --engines --engine takes a list) or the app's engines
     asked = _engine_arg(argv) or os.environ.get("WORKBENCH_ENGINE")
     if asked:
         return asked
-    return "auto" if command == "app" or (command == "bench" and ("--engines" in argv or "--request" in argv)) else "torch"
+    return "auto" if command == "app" else "torch"
 
 
 def main(argv: list[str] | None = None) -> int:
