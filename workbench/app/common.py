@@ -36,6 +36,7 @@ HEAVY = dict(concurrency_limit=1, concurrency_id="models")
 LIGHT = dict(concurrency_limit=4, concurrency_id="light")
 
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")  # --engine / WORKBENCH_ENGINE
+IMAGE_SOURCES = ("upload", "webcam", "clipboard")  # where every tab's input image can come from
 
 _ZOO: Zoo | None = None  # the zoo of the engine in use
 _ZOOS: dict[str, Zoo] = {}  # one per engine asked for (switching back and forth reloads nothing: bench --request)

@@ -38,12 +38,11 @@ from workbench.classes import CAMVID_CLASSES, IGNORE_INDEX
 from workbench.inference.ood import load_calibrations
 
 from . import knowledge
-from .common import HEAVY, LIGHT, architectures, badge, clock, fast_png, raw_upload, zoo
+from .common import HEAVY, IMAGE_SOURCES, LIGHT, architectures, badge, clock, fast_png, raw_upload, zoo
 from .segment import CONFIDENCE_KINDS, cached_segment_stream
 
-__all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "IMAGE_SOURCES", "card_values", "compare", "compare_stream", "results_zip", "encoded_images", "render_cards", "restyle"]
+__all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "compare_stream", "results_zip", "encoded_images", "render_cards", "restyle"]
 
-IMAGE_SOURCES = ("upload", "webcam", "clipboard")  # where the input image can come from
 DISPLAY_MAX_SIDE = 1024  # results are shown (and kept per session) at most this large
 STATE_TTL_S = 900  # a session's cached label maps live this long
 RUNNING: dict = {"running": True}  # the result entry of a selected model that has not answered yet
