@@ -3,6 +3,12 @@
 Usage:
     python scripts/screenshot.py --url http://127.0.0.1:7860 --image IMG --out docs/compare.jpg
 
+The docs' pictures (a shipped CamVid test image, so the cards show ground-truth scores and error maps):
+    python scripts/screenshot.py --image workbench/examples/camvid/test/0001TP_008640.png \
+        --archs fcn8s unet dilated --out docs/compare.jpg
+    python scripts/screenshot.py --image workbench/examples/camvid/test/0001TP_008640.png \
+        --archs fcn8s unet dilated --confidence "Max probability" --quality 55 --out docs/confidence.jpg
+
 Without --url the app is started on a free local port and stopped afterwards.
 No browser is downloaded: Playwright drives /usr/bin/chromium (``--chromium`` to change).
 """
@@ -10,6 +16,7 @@ No browser is downloaded: Playwright drives /usr/bin/chromium (``--chromium`` to
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import subprocess
 import sys
@@ -51,8 +58,17 @@ def launch_browser(playwright, chromium: str):
     return playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
 
 
-def run_compare(page, url: str, image: str, archs: list[str] | None = None, timeout_ms: int = 180_000) -> None:
-    """Open the app, upload ``image``, (optionally) choose ``archs``, press Segment and wait for every card."""
+# True when no card says it runs and every picture frame shown on a card holds a loaded picture.
+PICTURES_SHOWN = """() => !document.querySelector('.wb-running') && [...document.querySelectorAll('.wb-card')]
+  .filter((card) => card.offsetParent !== null)
+  .every((card) => [...card.querySelectorAll('[data-testid="block-label"]')].map((label) => label.closest('.block'))
+    .filter((block) => block && block.offsetParent !== null)
+    .every((block) => { const im = block.querySelector('img'); return im && im.complete && im.naturalWidth > 0; }))"""
+
+
+def run_compare(page, url: str, image: str, archs: list[str] | None = None, timeout_ms: int = 180_000, confidence: str | None = None) -> None:
+    """Open the app, upload ``image``, (optionally) choose ``archs`` and a confidence view (the dropdown's label,
+    e.g. "Max probability"), press Segment and wait for every card."""
     page.goto(url)
     page.wait_for_selector("text=Segment", timeout=60_000)
     page.locator("input[type=file]").first.set_input_files(image)
@@ -63,13 +79,16 @@ def run_compare(page, url: str, image: str, archs: list[str] | None = None, time
             name = box.locator("xpath=..").inner_text().strip()
             if (name in archs) != box.is_checked():
                 box.click()
+    if confidence is not None:
+        page.get_by_role("combobox", name=re.compile("Confidence view")).click()
+        page.get_by_role("option", name=confidence).click()
     page.get_by_role("button", name="Segment").click()
     expected = len(archs) if archs is not None else 1
     page.wait_for_function(
         f"() => document.querySelectorAll('.wb-latency').length >= {expected}",
         timeout=timeout_ms,
     )
-    page.wait_for_timeout(1500)
+    page.wait_for_function(PICTURES_SHOWN, timeout=timeout_ms)
 
 
 def main() -> int:
@@ -78,7 +97,10 @@ def main() -> int:
     p.add_argument("--image", required=True)
     p.add_argument("--out", default=str(ROOT / "docs" / "compare.jpg"))
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--archs", nargs="+", help="the architectures to run (default: the app's preselection)")
+    p.add_argument("--confidence", help='a confidence view to show, the dropdown\'s label: "Max probability" or "Entropy"')
     p.add_argument("--width", type=int, default=1400)
+    p.add_argument("--quality", type=int, default=65, help="JPEG quality (for a .jpg/.jpeg --out)")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -92,9 +114,10 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = launch_browser(pw, args.chromium)
             page = browser.new_page(viewport={"width": args.width, "height": 1000})
-            run_compare(page, url, args.image)
+            run_compare(page, url, args.image, args.archs, confidence=args.confidence)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=args.out, full_page=True)
+            jpeg = Path(args.out).suffix.lower() in (".jpg", ".jpeg")
+            page.screenshot(path=args.out, full_page=True, **({"type": "jpeg", "quality": args.quality} if jpeg else {}))
             browser.close()
         print(f"wrote {args.out}")
     finally:

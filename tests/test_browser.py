@@ -182,3 +182,135 @@ def test_compare_streams_each_card_as_its_model_finishes(server, browser):
     for name in archs:  # nothing says it runs any more
         assert page.locator(f"#wb-card-{name}").locator(".wb-running").count() == 0
     page.close()
+
+
+# Each visible card's name, whether it still says it runs, its header text and the src of the picture under each
+# block label ("Mask", "Errors (...)", "Confidence (...)"); "" where that block shows no picture.
+_CARDS = """() => [...document.querySelectorAll('.wb-card')].filter((c) => c.offsetParent !== null).map((card) => ({
+  name: card.id.replace('wb-card-', ''),
+  running: !!card.querySelector('.wb-running'),
+  text: card.innerText,
+  pictures: Object.fromEntries([...card.querySelectorAll('[data-testid="block-label"]')].map((label) => {
+    const block = label.closest('.block');
+    const img = block && block.offsetParent !== null ? block.querySelector('img') : null;
+    return [label.textContent.trim(), img ? img.getAttribute('src') || '' : ''];
+  })),
+}))"""
+
+
+def _wait_for_cards(page, condition: str, arg=None, timeout: int = 240_000) -> None:
+    """Wait until ``condition`` (JS) holds; on a timeout, fail with what the cards show."""
+    try:
+        page.wait_for_function(condition, arg=arg, timeout=timeout)
+    except Exception as exc:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser_timeout.png"), full_page=True)
+        raise AssertionError(f"{type(exc).__name__}: the cards show {page.evaluate(_CARDS)}") from exc
+
+
+def _picture(cards: list[dict], name: str, label: str) -> str:
+    card = next(c for c in cards if c["name"] == name)
+    return next((src for key, src in card["pictures"].items() if key.startswith(label)), "")
+
+
+def test_example_upload_confidence_and_downloads(server, browser, tmp_path):
+    """A user's round trip: an example's click shows every preselected model's card with its scores against the
+    ground truth and its error map; an uploaded photo segmented by two chosen models with the confidence view on
+    shows a confidence picture per card; a card's label map downloads as an index PNG whose indices are the
+    classes the card's mask shows, and the zip of all results holds every model's files."""
+    import io
+    import zipfile
+
+    from workbench.classes import CAMVID_CLASSES
+    from workbench.io.exports import VOID_INDEX
+
+    page = browser.new_page(viewport={"width": 1300, "height": 900}, accept_downloads=True)
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+
+    # (a) an example: its row fills the inputs (the preselected models) and runs Compare
+    preselected = [box.locator("xpath=..").inner_text().strip() for box in page.locator(".wb-archs input[type=checkbox]").all() if box.is_checked()]
+    assert len(preselected) >= 2, preselected
+    examples = page.locator("tr").filter(has=page.locator("img"))
+    assert examples.count() >= 1, "no example rows shown"
+    examples.first.click()
+    with_scores = f"""() => {{ const cards = ({_CARDS})();
+        return cards.length === {len(preselected)} && cards.every((c) => !c.running && /on this image: mIoU \\d/.test(c.text)
+          && Object.entries(c.pictures).some(([k, v]) => k.startsWith('Errors') && v)); }}"""
+    _wait_for_cards(page, with_scores)
+    cards = page.evaluate(_CARDS)
+    assert sorted(c["name"] for c in cards) == sorted(preselected)
+    for card in cards:
+        assert re.search(r"pixel accuracy \d", card["text"]), card["text"]
+
+    # (b) an upload (a photo without ground truth), two models, (c) the confidence view on
+    rng = np.random.default_rng(2)
+    photo = np.zeros((96, 128, 3), np.uint8)
+    photo[:40] = [140, 170, 215]  # sky
+    photo[40:70] = [110, 85, 75]  # buildings
+    photo[70:] = [95, 90, 100]  # road
+    photo = np.clip(photo.astype(int) + rng.integers(-12, 12, photo.shape), 0, 255).astype(np.uint8)
+    upload = tmp_path / "uploaded_street.png"
+    Image.fromarray(photo).save(upload)
+    page.locator("input[type=file]").first.set_input_files(str(upload))
+    # the input shows the uploaded file (not the example's picture) once the upload is done
+    page.wait_for_function("() => [...document.querySelectorAll('img')].some((im) => (im.getAttribute('src') || '').includes('uploaded_street'))",
+                           timeout=60_000)
+    archs = ["fcn32s", "fcn8s"]
+    for box in page.locator(".wb-archs input[type=checkbox]").all():
+        if (box.locator("xpath=..").inner_text().strip() in archs) != box.is_checked():
+            box.click()
+    page.get_by_role("combobox", name=re.compile("Confidence view")).click()
+    page.get_by_role("option", name="Max probability").click()
+    assert page.get_by_role("combobox", name=re.compile("Confidence view")).input_value() == "Max probability"
+    page.get_by_role("button", name="Segment").click()
+    # done: exactly the two cards, finished, without ground-truth scores (the upload has none), each with a confidence picture
+    with_confidence = f"""(names) => {{ const cards = ({_CARDS})();
+        return JSON.stringify(cards.map((c) => c.name).sort()) === JSON.stringify([...names].sort())
+          && cards.every((c) => !c.running && /latency/.test(c.text) && !/on this image/.test(c.text)
+            && Object.entries(c.pictures).some(([k, v]) => k.startsWith('Confidence') && v)); }}"""
+    _wait_for_cards(page, with_confidence, archs)
+    cards = page.evaluate(_CARDS)
+    for name in archs:
+        assert _picture(cards, name, "Confidence"), cards
+        assert not _picture(cards, name, "Errors"), f"{name}: an error map without ground truth: {cards}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_confidence.png"), full_page=True)
+
+    # (d) a card's label map: an index PNG of the uploaded photo's size whose indices are the classes its mask shows
+    card = page.locator("#wb-card-fcn8s")
+    with page.expect_download(timeout=60_000) as info:
+        card.get_by_role("button", name="Label map (index PNG)").click()
+    path = info.value.path()
+    assert info.value.suggested_filename.endswith(".png"), info.value.suggested_filename
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "P", (im.format, im.mode)
+        assert im.size == (photo.shape[1], photo.shape[0])
+        labels = np.array(im)
+        pal = np.asarray(im.getpalette()[: 3 * len(CAMVID_CLASSES)], np.uint8).reshape(-1, 3)
+    present = set(np.unique(labels).tolist())
+    assert present <= set(range(len(CAMVID_CLASSES))) | {VOID_INDEX}, present
+    assert present - {VOID_INDEX}, "the label map holds no class at all"
+    assert (pal == np.array([c["color"] for c in CAMVID_CLASSES], np.uint8)).all(), pal
+    mask_src = _picture(cards, "fcn8s", "Mask")
+    response = page.request.get(mask_src if mask_src.startswith("http") else server.rstrip("/") + "/" + mask_src.lstrip("/"))
+    assert response.ok, mask_src
+    mask = np.array(Image.open(io.BytesIO(response.body())).convert("RGB"))
+    assert mask.shape[:2] == labels.shape
+    known = labels != VOID_INDEX
+    assert (mask[known] == pal[labels[known]]).mean() > 0.99, "the label map's classes are not the mask's colours"
+
+    # the zip of all results: every model's label map, overlay and confidence view, and results.json
+    button = page.get_by_role("button", name="Download all results (zip)")
+    page.wait_for_function("() => [...document.querySelectorAll('button')].some((b) => /Download all results/.test(b.innerText) && !b.disabled)",
+                           timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        button.click()
+    with zipfile.ZipFile(info.value.path()) as zf:
+        names = zf.namelist()
+        summary = zf.read("results.json")
+    assert "input.png" in names and b"fcn8s" in summary and b"fcn32s" in summary, names
+    for name in archs:
+        files = {n.rsplit("/", 1)[-1] for n in names if re.search(rf"^\d+_{name}/", n)}
+        assert {"labels.png", "overlay.png", "confidence.png"} <= files, (name, names)
+    page.close()
