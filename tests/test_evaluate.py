@@ -387,7 +387,7 @@ def test_cli_errors_are_clean(tmp_path, capsys):
 
     assert main(["eval", str(tmp_path / "nothing*.json"), "--quiet"]) == 2  # in-process: a glob that matches nothing
     err = capsys.readouterr().err
-    assert "no file matches" in err and "no checkpoint to evaluate" in err
+    assert "no file matches" in err and "no checkpoint to be evaluated" in err
     # manifests only ever hold the standard protocol: test-time augmentation is refused before any work
     before = broken.with_suffix(".json").read_bytes()
     assert main(["eval", str(broken), "--update-manifests", "--flip", "--scales", "1", "1.5", "--quiet"]) == 2
