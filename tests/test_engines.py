@@ -271,8 +271,12 @@ def test_an_int8_file_beside_a_checkpoint_runs_only_if_its_manifest_accepted_and
         build()
     entry["accepted"] = True
     path.write_text(json.dumps(data))
-    assert build().precision == "int8"  # accepted and hashed: it runs
-    binary.write_bytes(binary.read_bytes()[:-8] + b"\0" * 8)  # damaged after the fact
+    runner = build()
+    assert runner.precision == "int8"  # accepted and hashed: it runs
+    del runner  # OpenVINO maps the .bin: never rewrite a file a live model reads (a new inode below, as save_ir does)
+    damaged = binary.with_name("damaged.bin")
+    damaged.write_bytes(binary.read_bytes()[:-8] + b"\0" * 8)
+    damaged.replace(binary)  # damaged after the fact
     with pytest.raises(EngineError, match="does not match"):
         build()
     assert Manifest.read(path).sha256  # the checkpoint itself is untouched
