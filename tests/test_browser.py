@@ -229,6 +229,7 @@ def test_example_upload_confidence_and_downloads(server, browser, tmp_path):
     page.wait_for_selector("text=Segment", timeout=60_000)
 
     # (a) an example: its row fills the inputs (the preselected models) and runs Compare
+    page.wait_for_function("() => document.querySelectorAll('.wb-archs input[type=checkbox]:checked').length >= 2", timeout=60_000)
     preselected = [box.locator("xpath=..").inner_text().strip() for box in page.locator(".wb-archs input[type=checkbox]").all() if box.is_checked()]
     assert len(preselected) >= 2, preselected
     examples = page.locator("tr").filter(has=page.locator("img"))
