@@ -157,3 +157,11 @@ def isolated_registry(monkeypatch):
         for k in [k for k in sys.modules if k.startswith("workbench_plugins.")]:
             del sys.modules[k]
         sys.modules.update(saved_modules)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run tests/test_engines.py last. Known, unresolved (issue 24's note): after test_data, test_device_data and
+    test_encoders, test_engines' OpenVINO/ONNX Runtime work left the process in a state where it died of SIGSEGV a
+    few tests later while waiting on a subprocess (test_evaluate's CLI tests; faulthandler printed nothing). Each
+    group alone is fine, and nothing after test_engines starts a subprocess when it runs last."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_engines.py"))
