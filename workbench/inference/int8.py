@@ -90,6 +90,8 @@ def _verify(folder: Path, entry: dict) -> None:
     for name in entry.get("files") or []:
         f = folder / name
         if not f.is_file():
+            if entry.get("shipped") is False:
+                raise Int8Error(f"the int8 model {f.name} is not shipped: {entry.get('not_shipped_why', 'run `workbench quantize` to build it')}")
             raise Int8Error(f"int8 model file {f} is missing (run `workbench quantize` again)")
         want = sums.get(name)
         if not want:

@@ -125,12 +125,18 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5, env:
 
 def _masks(result, archs: list[str]) -> dict[str, np.ndarray]:
     """The mask images of ``archs`` from a /compare result (positions follow the registry order)."""
+    from workbench.app.compare import CARD_FIELDS  # the /compare API returns these fields per card, in this order
+
     names = workbench.list_architectures()
-    per_card = 5  # header, mask, overlay, errors, legend
+    fields = [f.name for f in CARD_FIELDS]
     out = {}
     for a in archs:
-        i = names.index(a)
-        out[a] = np.asarray(Image.open(result[per_card * i + 1]))
+        value = result[len(fields) * names.index(a) + fields.index("mask")]
+        if isinstance(value, dict):  # an update: the client gives its value, if it sets one
+            value = value.get("value")
+        if not isinstance(value, (str, os.PathLike)):
+            raise RuntimeError(f"/compare returned no mask for {a}: {value!r}")
+        out[a] = np.asarray(Image.open(value))
     return out
 
 
