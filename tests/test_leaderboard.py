@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from workbench.io.checkpoint import read_manifest
@@ -51,6 +52,13 @@ def test_manifest_agrees_with_committed_eval_and_leaderboard(path):
     result = json.loads((CKPT / "eval" / f"{sub}{path.stem}.test.json").read_text())
     assert result["metrics"]["miou"] == pytest.approx(man["metrics"]["test"]["miou"], abs=1e-12)
     assert result["n_images"] == man["metrics"]["test"]["n_images"]
+    assert result["metrics"]["confusion"] == man["metrics"]["test"]["confusion"], "the manifest's confusion matrix is the evaluation's"
+    # and it is the matrix those scores come from: IoU = TP / (TP + FP + FN) per class present
+    conf = np.asarray(man["metrics"]["test"]["confusion"], dtype=np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
+    assert np.nanmean(iou) == pytest.approx(man["metrics"]["test"]["miou"], abs=1e-12)
     board = (CKPT / "eval" / sub / "leaderboard_test.md").read_text()
     row = next(line for line in board.splitlines() if f"| {path.stem} |" in line)
     assert f"| {100 * man['metrics']['test']['miou']:.1f} |" in row
@@ -103,3 +111,47 @@ def test_table_notes_say_how_a_checkpoint_was_trained():
         "tuned": "trained here, 110 + 22 epochs (fine-tuned)",
         "twice": "trained here, 110 + 22 + 16 epochs (fine-tuned 2 times)",
     }
+
+
+@needs_checkpoints
+def test_leaderboard_tab_draws_each_checkpoint_confusion_matrix():
+    from workbench.app.leaderboard import checkpoint_view, evaluated_checkpoints
+
+    names = evaluated_checkpoints()
+    assert "unet" in names and "tiramisu" in names
+    for name in names:
+        conf, curves, text = checkpoint_view(name)
+        assert conf is not None and conf.axes[0].get_xlabel() == "prediction"
+        assert "Test mIoU" in text
+        assert curves is not None or "training log was not shipped" in text
+    assert checkpoint_view("no_such_model")[:2] == (None, None)
+
+
+def test_export_ships_the_runs_training_log_and_the_tab_draws_it(tmp_path):
+    import workbench
+    from workbench.io.checkpoint import export_checkpoint, training_log_path
+    from workbench.training.curves import curves_figure, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = workbench.create_model("fcn32s", num_classes=3, encoder="resnet10t")
+    workbench.save_checkpoint(run / "best", model, {"dataset": {"name": "synthetic"}})
+    lines = [json.dumps({"epoch": e, "train_loss": 1.0 / e, **({"val": {"miou": 0.1 * e}} if e % 2 == 0 else {})}) for e in (1, 2, 3, 4)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 5, "train_lo')  # the last line cut by a kill
+    assert training_log_path(run / "best.json") == run / "metrics.jsonl"
+
+    out = export_checkpoint(run / "best.json", tmp_path / "shipped" / "camvid_x")
+    log = training_log_path(out)
+    assert log == tmp_path / "shipped" / "camvid_x.metrics.jsonl"
+    records = read_metrics(log)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4], "the cut line is dropped, the others kept in order"
+    fig = curves_figure(records)
+    loss, = fig.axes[0].get_lines()
+    assert list(loss.get_xdata()) == [1, 2, 3, 4]
+    val, = fig.axes[1].get_lines()
+    assert list(val.get_ydata()) == pytest.approx([0.2, 0.4])
+    with pytest.raises(ValueError, match="no epoch records"):
+        curves_figure([{"note": "not an epoch"}])
+
+    again = export_checkpoint(out, tmp_path / "copy")  # a shipped checkpoint's log travels too
+    assert read_metrics(training_log_path(again)) == records

@@ -34,7 +34,7 @@ __all__ = [
 # int8 is accepted for a checkpoint only where its test mIoU (the standard protocol) is at most this far below fp32's.
 INT8_MAX_MIOU_DROP = 0.005
 
-MANIFEST_METRIC_KEYS = ("miou", "pixel_accuracy", "mean_class_accuracy", "per_class_iou", "class_names")
+MANIFEST_METRIC_KEYS = ("miou", "pixel_accuracy", "mean_class_accuracy", "per_class_iou", "class_names", "confusion")
 
 STANDARD_PROTOCOL = "every image, one full-resolution pass"
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ..io.checkpoint import atomic_write_bytes
 
-__all__ = ["format_leaderboard", "plot_confusion", "write_results", "jsonable"]
+__all__ = ["format_leaderboard", "plot_confusion", "confusion_figure", "write_results", "jsonable"]
 
 
 def jsonable(obj):
@@ -120,8 +120,22 @@ def format_leaderboard(results: list[dict]) -> str:
 def plot_confusion(result: dict, path: str | os.PathLike) -> Path:
     """Save the row-normalised confusion matrix of ``result`` as a PNG (class names on both axes)."""
     m = result["metrics"]
-    conf = np.asarray(m["confusion"], dtype=np.float64)
-    names = list(m.get("class_names") or [f"class_{i}" for i in range(conf.shape[0])])
+    title = f"{result.get('architecture')} on {result.get('dataset')}/{result.get('split')}"
+    fig = confusion_figure(m["confusion"], m.get("class_names"), title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    out = Path(path)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def confusion_figure(confusion, class_names: list[str] | None = None, title: str = "") -> Figure:
+    """The row-normalised confusion matrix (ground truth x prediction pixel counts) as a matplotlib figure,
+    class names on both axes and the fractions written in the cells (for up to 20 classes)."""
+    conf = np.asarray(confusion, dtype=np.float64)
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1] or conf.shape[0] == 0:
+        raise ValueError(f"a confusion matrix is square, got shape {conf.shape}")
+    names = list(class_names or [f"class_{i}" for i in range(conf.shape[0])])
     support = conf.sum(1, keepdims=True)
     norm = np.divide(conf, support, out=np.full_like(conf, np.nan), where=support > 0)
     c = conf.shape[0]
@@ -135,7 +149,7 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> Path:
     ax.set_yticks(range(c), names, fontsize=8)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
-    ax.set_title(f"{result.get('architecture')} on {result.get('dataset')}/{result.get('split')}\n(rows normalised; grey: class absent)", fontsize=9)
+    ax.set_title(f"{title}\n(rows normalised; grey: class absent)".strip(), fontsize=9)
     if c <= 20:
         for t in range(c):
             for p in range(c):
@@ -144,11 +158,7 @@ def plot_confusion(result: dict, path: str | os.PathLike) -> Path:
                     ax.text(p, t, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    out = Path(path)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return fig
 
 
 def _unique_stems(results: list[dict]) -> list[str]:

@@ -33,7 +33,7 @@ from ..classes import default_classes, default_normalization
 from ..models.registry import UnknownChoiceError, create_model
 from .manifest import FORMAT, FORMAT_VERSION, CheckpointError, Manifest, checkpoint_paths, read_manifest
 
-__all__ = ["CheckpointError", "Manifest", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors", "export_checkpoint"]
+__all__ = ["CheckpointError", "Manifest", "save_checkpoint", "load_checkpoint", "read_manifest", "checkpoint_paths", "sha256_file", "atomic_write_bytes", "atomic_save_tensors", "export_checkpoint", "training_log_path"]
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -288,4 +288,34 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
     model, manifest = load_checkpoint(src)
     keep = {k: v for k, v in manifest.to_dict().items() if k not in ("weights", "software", "created_utc", "format", "format_version")}
     keep.update(extra or {})
-    return save_checkpoint(dst, model, keep, dtype=dtype)
+    out = save_checkpoint(dst, model, keep, dtype=dtype)
+    log = training_log_path(src)
+    if log is not None:  # the run's log travels with its weights (the app's Leaderboard draws the curves)
+        records = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if _is_record(line)]
+        atomic_write_bytes(training_log_path(out, existing=False), ("\n".join(records) + "\n").encode())
+    return out
+
+
+TRAINING_LOG_MAX_BYTES = 16 * 2**20
+
+
+def training_log_path(manifest_path: str | os.PathLike, existing: bool = True) -> Path | None:
+    """The training log (``metrics.jsonl``, one JSON record per epoch) of the checkpoint whose manifest is
+    ``manifest_path``: ``<name>.metrics.jsonl`` beside a shipped checkpoint, or the run folder's
+    ``metrics.jsonl`` beside a run's checkpoint. ``existing=False`` gives the shipped name whether or not it
+    exists; otherwise None when there is no log (or it is over :data:`TRAINING_LOG_MAX_BYTES`)."""
+    p = Path(manifest_path)
+    shipped = p.with_name(p.name.removesuffix(".json").removesuffix(".safetensors") + ".metrics.jsonl")
+    if not existing:
+        return shipped
+    for c in (shipped, p.with_name("metrics.jsonl")):
+        if c.is_file() and c.stat().st_size <= TRAINING_LOG_MAX_BYTES:
+            return c
+    return None
+
+
+def _is_record(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # a line cut by a kill
+        return False

@@ -97,7 +97,7 @@ _TREES = (
     ("plugins", ("*.py", "*.md")),
     ("benchmarks", ("*.json", "*.md")),  # figures the app quotes (class weights, latency)
 )
-_CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.int8.xml", "*.int8.bin", "README.md")  # not eval/: the app never reads it
+_CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.int8.xml", "*.int8.bin", "*.metrics.jsonl", "README.md")  # not eval/: the app never reads it
 _ROOT_FILES = ("app.py", "requirements.txt", "packages.txt", "LICENSE")
 _SKIP_PARTS = {"__pycache__", "_bundled", ".pytest_cache", ".ipynb_checkpoints"}
 _SKIP_NAMES = ("*.pyc", "*.pyo", "*.tmp", "*.pending", ".DS_Store", "*.egg-info")

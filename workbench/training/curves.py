@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..io.checkpoint import atomic_write_bytes
 
-__all__ = ["append_metrics", "truncate_metrics", "read_metrics", "ema_comparison", "plot_curves"]
+__all__ = ["append_metrics", "truncate_metrics", "read_metrics", "ema_comparison", "plot_curves", "curves_figure"]
 
 
 def append_metrics(out: Path, record: dict) -> None:
@@ -77,19 +77,30 @@ def ema_comparison(records: Iterable[dict]) -> dict[str, Any] | None:
 
 def plot_curves(metrics_path: Path, out_png: Path) -> None:
     """Training loss and validation mIoU against epochs, from ``metrics.jsonl``."""
-    rows = read_metrics(metrics_path)
+    fig = curves_figure(read_metrics(metrics_path))
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, out_png)
+
+
+def curves_figure(records: Iterable[dict], title: str = "") -> Figure:
+    """Training loss (left axis) and validation mIoU (right axis, where evaluated) against epochs, from a
+    run's ``metrics.jsonl`` records; records without an epoch or a train loss are skipped."""
+    rows = [r for r in records if isinstance(r, dict) and "epoch" in r and "train_loss" in r]
+    if not rows:
+        raise ValueError("no epoch records with a training loss")
     fig = Figure(figsize=(7, 4))
     FigureCanvasAgg(fig)  # no pyplot: no global backend, no figure registry in a training process
     ax1 = fig.add_subplot()
     ax1.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], color="tab:blue", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss", color="tab:blue")
-    val = [(r["epoch"], r["val"]["miou"]) for r in rows if "val" in r]
+    val = [(r["epoch"], r["val"]["miou"]) for r in rows if isinstance(r.get("val"), dict) and "miou" in r["val"]]
     if val:
         ax2 = ax1.twinx()
         ax2.plot(*zip(*val), color="tab:orange", marker="o", label="val mIoU")
         ax2.set_ylabel("val mIoU", color="tab:orange")
+    if title:
+        ax1.set_title(title, fontsize=10)
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, out_png)
+    return fig
