@@ -279,11 +279,33 @@ def test_no_architecture_selected_is_an_error(street):
 
 
 def test_task_representation_shows_one_map_per_class(street):
-    gallery, mask, over, legend, note = task.task_representation(street, "fcn8s", 0.5)
+    gallery, pairs, mask, over, legend, note = task.task_representation(street, "fcn8s", 0.5)
     assert len(gallery) == 11
     assert all(img.shape[2] == 3 for img, _ in gallery)
     assert mask.shape == (96, 128, 3) and over.shape == (96, 128, 3)
-    assert "argmax" in note
+    assert "argmax" in note and "no ground truth is known" in note
+    assert len(pairs) == 11
+    h, w = gallery[0][0].shape[:2]
+    assert all(tile.shape == (h, 2 * w + 4, 3) for tile, _ in pairs)
+    # no ground truth: the targets are the model's argmax, so every pixel is white in exactly one left half
+    lefts = np.stack([tile[:, :w, 0] for tile, _ in pairs])
+    assert set(np.unique(lefts)) <= {0, 255} and ((lefts == 255).sum(0) == 1).all()
+
+
+def test_task_representation_one_hot_targets_are_the_ground_truth_of_a_shipped_example():
+    from workbench.paths import examples_dir
+
+    path = sorted((examples_dir() / "camvid" / "test").glob("*.png"))[0]
+    gt = np.asarray(Image.open(examples_dir() / "camvid" / "testannot" / path.name))
+    gallery, pairs, *_, note = task.task_representation(str(path), "fcn8s", 0.5)
+    assert "the **ground truth**" in note
+    h, w = gallery[0][0].shape[:2]
+    gt_work = np.asarray(Image.fromarray(gt.astype(np.int32)).resize((w, h), Image.NEAREST))
+    for k, (tile, caption) in enumerate(pairs):
+        left = tile[:, :w, 0]
+        assert (left[gt_work == k] == 255).all() and (left[(gt_work != k) & (gt_work < 11)] == 0).all()
+        assert (left[gt_work >= 11] == 128).all(), "void is in no channel"
+        assert caption.startswith(workbench.classes.CAMVID_CLASSES[k]["name"])
 
 
 @pytest.mark.parametrize("arch", ["unet", "tiramisu", "dilated", "naive"])

@@ -22,6 +22,7 @@ __all__ = [
     "heatmap",
     "class_probability_maps",
     "one_hot",
+    "one_hot_pairs",
     "fit_for_display",
     "present_labels",
     "palette_image",
@@ -214,6 +215,37 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(H, W) labels -> (C, H, W) uint8 one-hot channels (the training target representation)."""
     labels = np.asarray(labels)
     return (labels[None] == np.arange(num_classes)[:, None, None]).astype(np.uint8)
+
+
+def one_hot_pairs(target: np.ndarray, probs: np.ndarray, classes, gap: int = 4) -> list[tuple[np.ndarray, str]]:
+    """Per class, the one-hot target channel beside the network's probability channel, as one tile each.
+
+    ``target``: (H, W) labels (the ground truth, or a model's argmax); values outside the classes (void) are
+    in no channel and drawn grey. ``probs``: (C, h, w) probabilities; the target is resized to (h, w) with
+    nearest neighbours. Left half: white where the target is this class, black elsewhere; right half: the
+    probability heat map (as :func:`class_probability_maps`). Captions give the class's share of the target
+    and its mean probability, so training's comparison (target vs probability, channel by channel) reads
+    off the pairs, and the argmax is the channel that is brightest at a pixel.
+    """
+    probs = np.asarray(probs)
+    c, h, w = probs.shape
+    t = np.asarray(target)
+    if t.ndim != 2:
+        raise ValueError(f"target must be an (H, W) label map, got shape {t.shape}")
+    if t.shape != (h, w):
+        t = np.asarray(Image.fromarray(t.astype(np.int32)).resize((w, h), Image.NEAREST))
+    void = (t < 0) | (t >= c)
+    hot = one_hot(np.where(void, 0, t), c)
+    hot[:, void] = 0
+    labelled = max(int((~void).sum()), 1)
+    spacer = np.full((h, gap, 3), 255, np.uint8)
+    out = []
+    for k, cls in enumerate(classes[:c]):
+        left = np.repeat((hot[k] * 255)[..., None], 3, axis=2).astype(np.uint8)
+        left[void] = 128
+        tile = np.concatenate([left, spacer, heatmap(probs[k])], axis=1)
+        out.append((tile, f"{cls['name']}: target {100 * hot[k].sum() / labelled:.0f}% | mean p={float(probs[k].mean()):.2f}"))
+    return out
 
 
 def fit_for_display(arr: np.ndarray, max_side: int, labels: bool = False) -> np.ndarray:

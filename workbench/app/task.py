@@ -6,6 +6,7 @@ import gradio as gr
 import numpy as np
 
 from workbench import viz
+from workbench.data.camvid import find_ground_truth
 
 from .common import HEAVY, IMAGE_SOURCES, badge, raw_upload, read_upload, zoo
 from .knowledge import ood_html, ood_verdict, training_note
@@ -19,7 +20,9 @@ def task_representation(image_path: str | None, arch: str, opacity: float):
     """The Task tab: per-class probability maps (the one-hot channels), argmax map and overlay.
 
     Returns:
-        ``(gallery, mask, overlay, legend_html, note)``.
+        ``(gallery, one-hot pairs gallery, mask, overlay, legend_html, note)``: the pairs put each class's one-hot
+        target (the ground truth where the image is a known CamVid image, else the model's own argmax) beside
+        its probability map.
     """
     image = read_upload(image_path)
     try:
@@ -30,15 +33,20 @@ def task_representation(image_path: str | None, arch: str, opacity: float):
     gallery = viz.class_probability_maps(probs, pred.classes)
     mask = viz.colorize(pred.labels, pred.classes)
     over = viz.overlay(np.asarray(image), mask, opacity)
+    gt = find_ground_truth(image_path, np.asarray(image)) if len(pred.classes) == 11 else None  # CamVid's 11 classes
+    target, source = (gt, "the **ground truth**") if gt is not None else (pred.labels, "the model's own **argmax** (no ground truth is known for this image)")
+    pairs = viz.one_hot_pairs(target, probs, pred.classes)
     note = (
         f"The network outputs **{probs.shape[0]} channels**, one per class: a score per pixel, turned into probabilities "
         "by a softmax across channels (bright = likely). Training compares them with the one-hot target, where exactly one "
         "channel is 1 at every pixel. The label map is the **argmax** across channels: each pixel takes the class whose "
-        f"channel is brightest. {badge(zoo().entries[arch])}"
+        f"channel is brightest. {badge(zoo().entries[arch])}\n\n"
+        f"Below, each class's **one-hot target** channel (white: this class; grey: void, in no channel) is drawn from {source}, "
+        "beside the probability channel the network produced: training pushes the right half towards the left, channel by channel."
     )
     if str((zoo().predictor(arch).manifest.dataset_name or "")).lower() == "camvid":  # trained on CamVid: say what it knows
         note = f"{ood_html(ood_verdict([(zoo().predictor(arch).manifest.sha256, pred)]))}\n\n{note}\n\n{training_note(pred.classes)}"
-    return gallery, mask, over, viz.legend_html(pred.classes), note
+    return gallery, pairs, mask, over, viz.legend_html(pred.classes), note
 
 
 def build(names: list[str], examples: list[str]) -> None:
@@ -58,4 +66,5 @@ def build(names: list[str], examples: list[str]) -> None:
                 mask = gr.Image(label="Argmax label map", format="png", interactive=False)
                 over = gr.Image(label="Overlay", format="png", interactive=False)
             legend = gr.HTML()
-    button.click(task_representation, [image, arch, opacity], [gallery, mask, over, legend, note], api_name="task_representation", **HEAVY)
+            pairs = gr.Gallery(label="One-hot target | probability, per class", columns=3, height="auto")
+    button.click(task_representation, [image, arch, opacity], [gallery, pairs, mask, over, legend, note], api_name="task_representation", **HEAVY)
