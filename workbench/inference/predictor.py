@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -100,6 +100,7 @@ class Prediction:
         classes: ``[{"name", "color"}]`` per class.
         engine, engine_precision: what ran the forward pass (``"torch"``, ``"openvino"``, ``"onnxruntime"``;
             ``"fp32"``, ``"bf16"``, ``"int8"``, ...).
+        batch: how many images shared the forward pass (:meth:`Predictor.predict_batch`; 1 for :meth:`Predictor.predict`).
     """
 
     labels: np.ndarray
@@ -110,6 +111,7 @@ class Prediction:
     classes: list[dict[str, Any]] = field(default_factory=list)
     engine: str = "torch"
     engine_precision: str = "fp32"
+    batch: int = 1  # images that shared the forward pass (Predictor.predict_batch)
 
     @cached_property
     def probs_work(self) -> np.ndarray:
@@ -293,6 +295,58 @@ class Predictor:
         logits = self.logits(x)  # (1, C, h, w)
         t3 = time.perf_counter()
         return self._finish(im, logits, {"load": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "forward": (t3 - t2) * 1e3}, t0)
+
+    @property
+    def max_batch(self) -> int | None:
+        """How many images one forward pass of this engine may hold: None (any) for torch and ONNX Runtime,
+        1 for OpenVINO (its graph's input is [1, C, ?, ?])."""
+        return self._engine.max_batch
+
+    def predict_batch(self, images: Sequence, batch_size: int | None = None) -> list[Prediction]:
+        """Segment several images, in as few forward passes as the engine allows.
+
+        Images whose network inputs have the same size (same-size images, whatever their source) go through one
+        forward pass, at most ``batch_size`` (default: all) and :attr:`max_batch` at a time; the others run in
+        passes of their own. Each result is what :meth:`predict` gives for that image, up to the engine's
+        floating-point differences between batch sizes.
+
+        Args:
+            images: PIL images, arrays, paths or bytes, as for :meth:`predict`; they are all decoded first, so
+                pass a bounded number (a folder streams through in chunks: ``workbench predict``).
+            batch_size: the most images per forward pass.
+
+        Returns:
+            One :class:`Prediction` per image, in order. ``timings["forward"]`` is the image's share of its pass
+            (the pass's time over its images) and ``batch`` the number of images in it.
+
+        Raises:
+            ImageError: an image cannot be decoded (decode them first with :func:`workbench.io.images.load_image`
+                to skip bad ones).
+        """
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        prepared = []
+        for image in images:
+            t0 = time.perf_counter()
+            im, x, t1 = self._prepare(image, None)
+            prepared.append((im, x, {"load": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}, t0))
+        limit = max(1, min(int(batch_size or len(prepared)), self.max_batch or len(prepared)))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_im, x, _t, _t0) in enumerate(prepared):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        results: list[Prediction | None] = [None] * len(prepared)
+        for idx in groups.values():
+            for start in range(0, len(idx), limit):
+                chunk = idx[start : start + limit]
+                t2 = time.perf_counter()
+                logits = self.logits(torch.cat([prepared[i][1] for i in chunk]) if len(chunk) > 1 else prepared[chunk[0]][1])
+                share = (time.perf_counter() - t2) * 1e3 / len(chunk)
+                for j, i in enumerate(chunk):
+                    im, _x, timings, t0 = prepared[i]
+                    pred = self._finish(im, logits[j : j + 1], {**timings, "forward": share}, t0)
+                    pred.batch = len(chunk)
+                    results[i] = pred
+        return results  # type: ignore[return-value]
 
     def _prepare(self, image, shared: dict | None) -> tuple[Image.Image, torch.Tensor, float]:
         """Decoded image, normalised input, and the time decoding ended."""

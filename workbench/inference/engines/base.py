@@ -34,6 +34,7 @@ class Engine:
 
     name: str = ""
     precisions: tuple[str, ...] = ("fp32",)
+    max_batch: int | None = None  # images one call may hold (None: any batch size)
 
     def __init__(self, model: nn.Module, *, in_chans: int = 3, precision: str = "fp32", device: torch.device | str = "cpu", artifacts: Path | None = None, threads: int | None = None, manifest_path: str | os.PathLike | None = None) -> None:
         if precision not in self.precisions:

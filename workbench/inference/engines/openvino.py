@@ -53,6 +53,7 @@ def convert(model: nn.Module, in_chans: int) -> ov.Model:
 class OpenVINOEngine(Engine):
     name = "openvino"
     precisions = ("fp32", "bf16", "int8")
+    max_batch = 1  # the IR's input is [1, C, ?, ?]
 
     def __init__(self, model: nn.Module, **kwargs) -> None:
         super().__init__(model, **kwargs)
