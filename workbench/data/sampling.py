@@ -60,9 +60,11 @@ class SeededView(Dataset):
 
 
 def collate(batch: list[dict]) -> dict:
-    """Samples -> ``{"image": float (B, C, H, W), "mask": int64 (B, H, W), ["weight": float32 (B, H, W)], "name": [str]}``."""
+    """Samples -> ``{"image": float (B, C, H, W), "mask": int64 (B, H, W), ["weight": float32 (B, H, W)], ["teacher": (B, C', H, W)], "name": [str]}``."""
     out = {"image": torch.stack([torch.as_tensor(b["image"]) for b in batch]), "mask": torch.stack([torch.as_tensor(b["mask"]) for b in batch]).long()}
     if "weight" in batch[0]:
         out["weight"] = torch.stack([torch.as_tensor(b["weight"]) for b in batch]).float()
+    if "teacher" in batch[0]:  # a distillation teacher's quantised log-probabilities (workbench distill)
+        out["teacher"] = torch.stack([torch.as_tensor(b["teacher"]).as_subclass(torch.Tensor) for b in batch])
     out["name"] = [b.get("name", "") for b in batch]
     return out

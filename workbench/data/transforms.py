@@ -2,12 +2,15 @@
 
 A sample is ``{"image": tv_tensors.Image uint8 (C, H, W), "mask": tv_tensors.Mask int64 (H, W),
 "name": str}`` plus ``"weight"`` (a :class:`~workbench.data.weighting.WeightMap`, float32 (H, W)) when the
-dataset computes border weights. v2 transforms apply the same random geometry to every tv_tensor
+dataset computes border weights, and ``"teacher"`` (a :class:`TeacherMap` (C, H, W): a teacher's
+per-class log-probabilities, uint8-quantised, added by ``workbench distill``). v2 transforms apply the same random geometry to every tv_tensor
 in the dict and pass other keys through; masks and weight maps are resized with nearest
-interpolation and left alone by colour transforms.
+interpolation and left alone by colour transforms; a teacher map takes exactly the label's path
+(nearest-exact resize, the same crop and flips), so the soft labels stay aligned with the hard ones.
 
 Padding (where a crop is larger than the scaled image, or a rotation uncovers corners) fills
-the image with 0, the mask with ``ignore_index`` and the weight map with 0.
+the image with 0, the mask with ``ignore_index`` and the weight and teacher maps with 0 (their
+padded pixels are void in the mask, so no loss reads them).
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from torchvision.transforms.v2 import functional as F
 from ..classes import IGNORE_INDEX
 from .weighting import WeightMap
 
-__all__ = ["RandomScale", "train_transforms", "eval_transforms"]
+__all__ = ["RandomScale", "TeacherMap", "train_transforms", "eval_transforms"]
+
+
+class TeacherMap(tv_tensors.Mask):
+    """A teacher's per-class map (C, H, W) that travels with the label mask through the joint transforms.
+
+    A :class:`tv_tensors.Mask` of its own type: v2 transforms resize it with the mask's nearest-exact
+    sampling (:class:`RandomScale`), crop and flip it with the mask, leave it out of colour transforms
+    and normalisation, and a ``fill`` dict pads it with 0.
+    """
 
 
 class RandomScale(v2.Transform):
@@ -65,7 +77,7 @@ def _tag_weight(sample):
 
 
 def _fill(ignore_index: int) -> dict:
-    return {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index, WeightMap: 0}
+    return {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index, WeightMap: 0, TeacherMap: 0}
 
 
 def _finish(mean: Sequence[float], std: Sequence[float]) -> list:
@@ -100,7 +112,7 @@ def train_transforms(
         mean, std: normalisation per channel (e.g. :func:`workbench.classes.default_normalization`).
 
     Output dict: ``"image"`` float32 (C, H, W) normalised, ``"mask"`` int64 (H, W), ``"weight"``
-    float32 (H, W) if present, ``"name"`` and any other keys unchanged. The crop is always exactly
+    float32 (H, W) and ``"teacher"`` (C', H, W) if present, ``"name"`` and any other keys unchanged. The crop is always exactly
     ``crop_size``.
     """
     h, w = (int(crop_size), int(crop_size)) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))

@@ -156,9 +156,13 @@ def read_config_file(path: str) -> dict:
     return data
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config of parsed :func:`build_parser` flags: the ``--config`` file's fields, overridden by the flags given."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+def config_from_args(args: argparse.Namespace, cls: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """The config of parsed :func:`build_parser` flags: the ``--config`` file's fields, overridden by the flags given.
+
+    ``cls`` is :class:`TrainConfig` or a dataclass extending it (``workbench distill``'s config), whose extra
+    fields are read from the file and from flags of the same names.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         data = read_config_file(args.config)
@@ -175,4 +179,4 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         elif name == "scale":
             v = [float(s) for s in v]
         values[name] = v
-    return TrainConfig(**values)
+    return cls(**values)

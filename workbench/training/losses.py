@@ -10,6 +10,9 @@ Ronneberger et al.), which the workbench needs.
 
 A loss spec is a ``+``-separated sum of optionally weighted terms:
 ``"ce"``, ``"ce+dice"``, ``"ce+0.5*lovasz"``, ``"0.7*focal+0.3*dice"``.
+
+:class:`DistillationLoss` (``workbench distill``) adds the temperature-scaled KL divergence to a
+teacher's soft labels (Hinton et al. 2015) to any of them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from ..classes import IGNORE_INDEX
 
-__all__ = ["LOSSES", "CrossEntropy", "LovaszSoftmax", "CombinedLoss", "parse_loss", "build_loss"]
+__all__ = ["LOSSES", "CrossEntropy", "LovaszSoftmax", "CombinedLoss", "DistillationLoss", "kd_kl", "parse_loss", "build_loss"]
 
 LOSSES = ("ce", "dice", "focal", "lovasz")
 _TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([a-z_]+)\s*$")
@@ -140,3 +143,50 @@ def build_loss(spec: str = "ce", *, class_weights=None, ignore_index: int = IGNO
             mod = LovaszSoftmax(ignore_index)
         terms.append((coef, name, mod))
     return CombinedLoss(terms, spec)
+
+
+def kd_kl(logits: torch.Tensor, teacher_logp: torch.Tensor, target: torch.Tensor, temperature: float, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean over the non-void pixels of ``KL(softmax(teacher / T) || softmax(student / T))``.
+
+    Args:
+        logits: the student's (B, C, H, W).
+        teacher_logp: the teacher's (B, C, H, W) logits or log-probabilities (the same after the softmax).
+        target: (B, H, W) labels; pixels equal to ``ignore_index`` (void, padding) are left out.
+        temperature: T > 0; larger T softens both distributions.
+
+    A batch without a non-void pixel gives 0 (with a zero gradient).
+    """
+    t = float(temperature)
+    log_ps = F.log_softmax(logits.float() / t, dim=1)
+    log_pt = F.log_softmax(teacher_logp.float() / t, dim=1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(1)  # (B, H, W)
+    valid = target != ignore_index
+    return (kl * valid).sum() / valid.sum().clamp(min=1)
+
+
+class DistillationLoss(nn.Module):
+    """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * ground_truth_loss``, void pixels ignored in both.
+
+    The ``T^2`` keeps the soft term's gradients on the scale of the hard one's as T changes (Hinton et
+    al. 2015). ``alpha = 0`` is the ground-truth loss alone (the KL is not computed), ``alpha = 1`` the
+    teacher alone. ``ground_truth`` is any loss of :func:`build_loss` (class and border weights apply to it).
+    """
+
+    def __init__(self, ground_truth: nn.Module, *, alpha: float, temperature: float, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (the soft term's share), got {alpha}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.ground_truth = ground_truth
+        self.alpha, self.temperature, self.ignore_index = float(alpha), float(temperature), ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logp: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
+        if teacher_logp.shape != logits.shape:
+            raise ValueError(f"teacher map {tuple(teacher_logp.shape)} does not match the student's logits {tuple(logits.shape)}")
+        total = logits.new_zeros((), dtype=torch.float32)
+        if self.alpha < 1.0:
+            total = total + (1.0 - self.alpha) * self.ground_truth(logits, target, weight_map)
+        if self.alpha > 0.0:
+            total = total + self.alpha * self.temperature**2 * kd_kl(logits, teacher_logp, target, self.temperature, self.ignore_index)
+        return total

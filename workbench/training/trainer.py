@@ -150,13 +150,17 @@ class Trainer:
         mean, std = self.normalization["mean"], self.normalization["std"]
         self.val_set.transform = eval_transforms(mean=mean, std=std)
         self.loader, self.sampler = build_train_loader(
-            self.train_set, pipeline=self.data_pipeline, batch_size=cfg.batch_size, device=rt.device, crop=cfg.crop, scale=cfg.scale, hflip=cfg.hflip,
+            self._training_samples(), pipeline=self.data_pipeline, batch_size=cfg.batch_size, device=rt.device, crop=cfg.crop, scale=cfg.scale, hflip=cfg.hflip,
             vflip=cfg.vflip, color_jitter=cfg.color_jitter, mean=mean, std=std, ignore_index=IGNORE_INDEX, channels_last=cfg.channels_last, seed=cfg.seed,
             workers=cfg.workers, rank=rt.rank, world=rt.world,
         )
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size  # full batches per process (the sampler skips nothing yet)
         if self.data_pipeline == "device" and rt.is_main:
             print(f"data pipeline: device ({len(self.train_set)} training images on {rt.device}, augmented there; --data-on-device off for the DataLoader)", flush=True)
+
+    def _training_samples(self):
+        """What the train loader draws from: the training split (``workbench distill`` adds the teacher's maps)."""
+        return self.train_set
 
     def _build_model(self) -> None:
         cfg, rt = self.cfg, self.rt
@@ -255,7 +259,7 @@ class Trainer:
         w = batch["weight"].to(rt.device, non_blocking=True) if "weight" in batch else None
         with self._autocast():
             logits = self.train_forward(x)
-        loss = self.criterion(logits.float(), y, w)
+        loss = self.compute_loss(logits.float(), y, w, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower --lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
@@ -275,6 +279,10 @@ class Trainer:
         if self.ema is not None:  # the first update copies the weights (timm: decay 0 at step 1)
             self.ema.update(unwrap(self.model), step=self.global_step + 1)
         return float(loss.detach())
+
+    def compute_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, batch: dict) -> torch.Tensor:
+        """The training loss of one batch (``workbench distill`` adds the teacher's term)."""
+        return self.criterion(logits, target, weight)
 
     def eval_model(self) -> nn.Module:
         """The weights that are validated and saved: the moving average when ``ema_decay`` is set."""
@@ -428,12 +436,17 @@ class Trainer:
                 "class_weights": None if self.class_weight_values is None else [round(float(v), 4) for v in self.class_weight_values],
                 **({"init_from": self.init_from} if self.init_from else {}),
                 **({"weights": f"exponential moving average, decay {self.cfg.ema_decay}" + (" (timm warm-up)" if self.cfg.ema_warmup else "")} if self.ema is not None else {}),
+                **self._training_manifest_extra(),
             },
         }
         if val is not None:
             manifest["metrics"] = {"val": {"miou": val["miou"], "pixel_accuracy": val["pixel_accuracy"], "mean_class_accuracy": val["mean_class_accuracy"], "per_class_iou": val["per_class_iou"], "epoch": self.best_epoch, "split": cfg.val_split}}
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[cfg.save_dtype]
         save_checkpoint(self.out / name, self.eval_model(), manifest, dtype=dtype)
+
+    def _training_manifest_extra(self) -> dict:
+        """More fields for the checkpoints' ``training`` section (``workbench distill``: the teacher chain)."""
+        return {}
 
     def _log(self, record: dict) -> None:
         if self.rt.is_main:
