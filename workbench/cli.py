@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     _resolve("workbench.training.config:build_parser")(s)  # the training flags live beside the training config
     s.set_defaults(func="workbench.training.trainer:main")
 
+    s = sub.add_parser("distill", help="train an architecture on a teacher ensemble's soft labels (knowledge distillation, teacher maps cached on disk)")
+    _resolve("workbench.training.distill_config:build_parser")(s)  # the train flags plus --teachers, --temperature, --alpha, ...
+    s.set_defaults(func="workbench.training.distill:main")
+
     s = sub.add_parser("eval", help="evaluate checkpoints on a dataset split: metrics JSON, leaderboard, confusion plots")
     s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".json manifests (globs welcome; other JSON files are skipped with a warning)")
     s.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -131,6 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cost", action="store_true", help="also measure GFLOPs and the app's CPU latency at 360x480")
     s.add_argument("--update-manifests", action="store_true", help="write the metrics (and cost) into each checkpoint's manifest")
     s.set_defaults(func="workbench.commands:cmd_eval")
+
+    s = sub.add_parser("predict", help="segment images or folders with checkpoints: an index PNG label map, a colour overlay and optionally a JSON per image and checkpoint")
+    s.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and folders (walked for image files, sorted; hidden ones skipped)")
+    s.add_argument("--checkpoints", nargs="+", required=True, metavar="CKPT", help=".json manifests (globs welcome) or shipped checkpoint names, e.g. camvid_unet")
+    s.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<checkpoint stem>/<image path without suffix>.png (+ _overlay.jpg, + .json)")
+    s.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"], help="auto (default): the engine and precision the app's Predictor chooses for each checkpoint on this machine (measured once, cached); or a fixed one")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"], help="auto (default): as the engine chooses; int8 runs the checkpoint's shipped int8 model on openvino")
+    s.add_argument("--device", default="auto", help="auto (default: CUDA if available for torch, the CPU for openvino/onnxruntime), cpu, cuda, ...")
+    s.add_argument("--batch", type=int, default=4, metavar="N", help="images decoded and segmented together; same-size ones share a forward pass where the engine takes a batch (torch, onnxruntime) (default: 4)")
+    s.add_argument("--json", action="store_true", help="also write a JSON per image: checkpoint, engine, precision, latency, image size, class pixel fractions")
+    s.add_argument("--overlay-alpha", type=float, default=0.5, metavar="A", help="weight of the class colours in the overlay, 0..1 (default: 0.5)")
+    s.add_argument("--overlay-format", default="jpg", choices=["jpg", "png"], help="the overlay's format (default: jpg)")
+    s.add_argument("--max-side", type=int, default=1024, metavar="PX", help="longer side the network sees; larger images are resized for it, the labels come back at full size (default: 1024)")
+    s.add_argument("--skip-existing", action="store_true", help="keep results already in DIR (resume an interrupted run)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or engine lines; errors and the summary line only")
+    s.set_defaults(func="workbench.tools.predict:cmd_predict")
 
     s = sub.add_parser("quantize", help="int8 post-training quantization (NNCF + OpenVINO), calibrated on training images; accepted only within 0.5 test mIoU of fp32")
     s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=".json manifests (globs welcome)")
@@ -236,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands worth a caching allocator (see allocator.py): they run networks or the data pipeline for long
-ALLOCATOR_COMMANDS = {"train", "eval", "bench", "bench-data", "app"}
+ALLOCATOR_COMMANDS = {"train", "distill", "eval", "bench", "bench-data", "app", "predict"}
 
 
 def _engine_arg(argv: list[str]) -> str | None:
@@ -251,14 +271,14 @@ def _engine_arg(argv: list[str]) -> str | None:
 
 def process_engine(command: str, argv: list[str]) -> str:
     """The inference engine a command line will run: ``--engine``, else ``$WORKBENCH_ENGINE``, else the
-    command's default (``app``: auto; ``bench --engines``: every engine, and ``bench --request``: the app's, so auto;
+    command's default (``app`` and ``predict``: auto; ``bench --engines``: every engine, and ``bench --request``: the app's, so auto;
     the others: torch)."""
     if command == "bench" and ("--engines" in argv or "--request" in argv):
         return "auto"  # they run every engine (bench --engines --engine takes a list) or the app's engines
     asked = _engine_arg(argv) or os.environ.get("WORKBENCH_ENGINE")
     if asked:
         return asked
-    return "auto" if command == "app" else "torch"
+    return "auto" if command in ("app", "predict") else "torch"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,15 +123,21 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5, env:
     raise TimeoutError(f"the app did not answer within {timeout_s:g} s")
 
 
-def _masks(result, archs: list[str]) -> dict[str, np.ndarray]:
-    """The mask images of ``archs`` from a /compare result (positions follow the registry order)."""
-    from workbench.app.compare import CARD_FIELDS  # the /compare API returns these fields per card, in this order
+def mask_positions(client) -> list[int]:
+    """Where the served /compare endpoint returns each card's mask: the positions of its outputs labelled
+    "Mask", one per card, in the order of the cards (the registry's)."""
+    returns = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compare"]["returns"]
+    return [i for i, r in enumerate(returns) if r.get("label") == "Mask"]
 
+
+def _masks(result, archs: list[str], positions: list[int]) -> dict[str, np.ndarray]:
+    """The mask images of ``archs`` from a /compare result (``positions``: :func:`mask_positions`)."""
     names = workbench.list_architectures()
-    fields = [f.name for f in CARD_FIELDS]
+    if len(positions) != len(names):
+        raise RuntimeError(f"/compare returns {len(positions)} masks for {len(names)} registered architectures")
     out = {}
     for a in archs:
-        value = result[len(fields) * names.index(a) + fields.index("mask")]
+        value = result[positions[names.index(a)]]
         if isinstance(value, dict):  # an update: the client gives its value, if it sets one
             value = value.get("value")
         if not isinstance(value, (str, os.PathLike)):
@@ -154,9 +160,10 @@ def run_loadtest(cfg: LoadTestConfig, data_root: Path | None = None, progress: b
     try:
         valid, invalid = make_inputs(Path(tmp.name), data_root)
         single = Client(url, verbose=False)
+        positions = mask_positions(single)
         reference = {}
         for p in valid:  # single-user results, which also warm every model up
-            reference[p] = _masks(single.predict(handle_file(str(p)), cfg.archs, 0.5, api_name="/compare"), cfg.archs)
+            reference[p] = _masks(single.predict(handle_file(str(p)), cfg.archs, 0.5, api_name="/compare"), cfg.archs, positions)
         rss_before = rss_mb(proc.pid) if proc else None
 
         rng = random.Random(cfg.seed)
@@ -177,7 +184,7 @@ def run_loadtest(cfg: LoadTestConfig, data_root: Path | None = None, progress: b
                 ms = (time.perf_counter() - t) * 1e3
                 if bad:
                     return {"kind": "invalid", "status": "accepted_bad_input", "ms": ms, "file": path.name}
-                got = _masks(res, cfg.archs)
+                got = _masks(res, cfg.archs, positions)
                 same = all(np.array_equal(got[a], reference[path][a]) for a in cfg.archs)
                 return {"kind": "valid", "status": "ok" if same else "mismatch", "ms": ms, "file": path.name}
             except Exception as exc:
