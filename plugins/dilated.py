@@ -71,7 +71,7 @@ class DilatedDecoder(nn.Module):
 
     def __init__(self, channels: list[int], reductions: list[int], num_classes: int, upsample, context: str, dropout: float) -> None:
         super().__init__()
-        c = channels[-1]
+        c = channels[-1]  # the coarsest map: 1/8 (or 1/16), dilated by timm or the encoder cut there
         mid = max(c // 4, num_classes)
         self.front_head = nn.Sequential(ConvBNAct(c, mid), nn.Dropout2d(dropout), nn.Conv2d(mid, num_classes, 1))
         if context not in ("basic", "large", "none"):
@@ -117,7 +117,31 @@ def dilated(
     dropout: float = 0.1,
     encoder_weights=None,
 ) -> nn.Module:
-    """``context``: ``"basic"`` (the paper's C-wide module), ``"large"`` or ``"none"`` (front-end only)."""
-    enc = TimmEncoder(encoder, in_chans=in_chans, output_stride=output_stride, weights=encoder_weights)
+    """``context``: ``"basic"`` (the paper's C-wide module), ``"large"`` or ``"none"`` (front-end only).
+
+    Encoders timm can dilate (ResNets, EfficientNets, ConvNeXt, ...) keep their later stages at
+    ``1/output_stride`` with dilated convolutions, as in the paper. Encoders it cannot (Swin, ViT,
+    MaxViT, the MetaFormers, ...) are cut after their ``1/output_stride`` stage (a plain ViT's simple
+    feature pyramid gives it one) and the context module's dilated convolutions supply the wide
+    view the dropped stages would have; an encoder with no map that fine is refused.
+    """
+    try:
+        enc = TimmEncoder(encoder, in_chans=in_chans, output_stride=output_stride, weights=encoder_weights)
+    except ValueError as exc:
+        if "does not support output_stride" not in str(exc):
+            raise
+        # no dilation in timm: the encoder up to its 1/output_stride stage, the context module on top
+        refusal = ValueError(
+            f"dilated needs a 1/{output_stride} feature map: timm encoder {encoder!r} cannot be dilated "
+            f"(timm has no output_stride for it) and has no feature map at 1/{output_stride} to cut it at"
+        )
+        try:
+            enc = TimmEncoder(encoder, in_chans=in_chans, weights=encoder_weights, max_reduction=output_stride)
+        except ValueError as cut_exc:
+            if "or finer" not in str(cut_exc):
+                raise
+            raise refusal from None
+        if enc.reductions[-1] != output_stride:
+            raise refusal from None
     dec = DilatedDecoder(enc.channels, enc.reductions, num_classes, upsample, context, dropout)
     return SegmentationModel(enc, dec, nn.Identity(), size_divisor=max(enc.reductions))

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from workbench import SegmentationModel, TimmEncoder, make_upsample, register_architecture
+from workbench.models.decoders import level_guide, skip_levels
 
 __all__ = ["VARIANTS", "TiramisuConfig", "DenseBlock", "FCDenseNetEncoder", "TiramisuDecoder"]
 
@@ -128,24 +129,33 @@ class TiramisuUpStage(nn.Module):
         self.up = make_upsample(upsample, in_channels, in_channels, scale)
         self.block = DenseBlock(in_channels + skip_channels, n_layers, growth_rate, dropout, new_only=not last)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x, guide=skip)  # (B, new maps, H_skip, W_skip)
-        return self.block(torch.cat([x, skip], dim=1))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, guide: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.up(x, guide=skip if guide is None else guide)  # (B, new maps, H_skip, W_skip)
+        return self.block(x if skip is None else torch.cat([x, skip], dim=1))
 
 
 class TiramisuDecoder(nn.Module):
-    """Bottleneck dense block, then one up stage per skip (the image is the full-resolution skip if needed)."""
+    """Bottleneck dense block, then one up stage per skip (the image is the full-resolution skip if needed).
+
+    On a timm encoder that starts at 1/4 (ConvNeXt, Swin, ...) the 1/2 level has no skip: its up
+    stage upsamples and runs its dense block on the new maps alone, so every step stays 2x.
+    """
 
     def __init__(self, channels: list[int], reductions: list[int], in_chans: int, cfg: TiramisuConfig, upsample, dropout: float) -> None:
         super().__init__()
         self.bottleneck = DenseBlock(channels[-1], cfg.bottleneck_layers, cfg.growth_rate, dropout, new_only=True)
-        skips = sorted(((c, r, i) for i, (c, r) in enumerate(zip(channels[:-1], reductions[:-1])) if r < reductions[-1]), key=lambda s: -s[1])
-        if skips[-1][1] > 1:
-            skips.append((in_chans, 1, -1))  # timm encoders start at 1/2: the image is the last skip
+        if len(set(reductions)) < 2:
+            raise ValueError(f"the Tiramisu needs an encoder pyramid of several reductions, got {list(reductions)}")
+        # timm encoders start at 1/2 or 1/4: the image is the last skip, missing levels come without one
+        skips = skip_levels(channels, reductions, in_chans, image="if_missing")
         up_layers = cfg.up_layers
         if len(up_layers) != len(skips):
-            raise ValueError(f"{len(up_layers)} up blocks configured for an encoder with {len(skips)} skip levels")
+            raise ValueError(
+                f"{len(up_layers)} up blocks configured for an encoder with {len(skips)} levels from 1/{reductions[-1]} "
+                f"to full resolution (reductions {list(reductions)}); the Tiramisu's variants climb from 1/32"
+            )
         self.skip_index = [i for _, _, i in skips]
+        self.skip_reduction = [r for _, r, _ in skips]
         self.stages = nn.ModuleList()
         c, r = self.bottleneck.out_channels, reductions[-1]
         for k, ((skip_c, skip_r, _), n) in enumerate(zip(skips, up_layers)):
@@ -157,8 +167,11 @@ class TiramisuDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         x = self.bottleneck(features[-1])  # new maps only: (B, bottleneck_layers * k, H/32, W/32)
-        for idx, stage in zip(self.skip_index, self.stages):
-            x = stage(x, image if idx < 0 else features[idx])
+        for idx, r, stage in zip(self.skip_index, self.skip_reduction, self.stages):
+            if idx is None:  # a level the encoder has no map for
+                x = stage(x, None, guide=level_guide(image, r))
+            else:
+                x = stage(x, image if idx < 0 else features[idx])
         return x  # (B, out_channels, H, W)
 
 
