@@ -143,5 +143,8 @@ def dilated(
             raise refusal from None
         if enc.reductions[-1] != output_stride:
             raise refusal from None
+        # the stages kept may still need inputs the full encoder needs (HRNet's branches, Hiera's mask units)
+        dec = DilatedDecoder(enc.channels, enc.reductions, num_classes, upsample, context, dropout)
+        return SegmentationModel(enc, dec, nn.Identity(), size_divisor=enc.size_divisor)
     dec = DilatedDecoder(enc.channels, enc.reductions, num_classes, upsample, context, dropout)
     return SegmentationModel(enc, dec, nn.Identity(), size_divisor=max(enc.reductions))

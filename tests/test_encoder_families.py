@@ -25,6 +25,7 @@ FAMILIES = {
     "efficientnet": "test_efficientnet",  # 1/2-first, timm's EfficientNetFeatures (no output_fmt)
     "regnet": "regnetx_002",
     "mobilevit": "mobilevit_xxs",  # convolution + transformer blocks, 1/2-first
+    "hrnet": "hrnet_w18_small",  # parallel branches: cut at 1/8 (dilated), it still needs 32-multiples
     "convnext": "test_convnext",  # 1/4-first
     "edgenext": "edgenext_xx_small",  # 1/4-first
     "repvit": "repvit_m0_9",  # 1/4-first
@@ -59,7 +60,7 @@ REFUSED = {
     ("eva02", "deeplabv3plus"): _SMP_PATTERN,
     **{
         (family, "deeplabv3plus"): _NOT_DILATABLE
-        for family in ("edgenext", "repvit", "fastvit", "hgnetv2", "efficientvit", "metaformer", "pvt_v2", "mambaout", "swin", "maxvit", "coatnet")
+        for family in ("hrnet", "edgenext", "repvit", "fastvit", "hgnetv2", "efficientvit", "metaformer", "pvt_v2", "mambaout", "swin", "maxvit", "coatnet")
     },
 }
 
@@ -170,7 +171,8 @@ def test_half_first_encoders_keep_their_decoders():
 def test_dilated_cuts_encoders_timm_cannot_dilate_at_one_eighth():
     model = workbench.create_model("dilated", num_classes=3, encoder="swin_tiny_patch4_window7_224")
     enc = model.encoder
-    assert enc.reductions == [4, 8] and model.size_divisor == 8
+    assert enc.reductions == [4, 8]
+    assert model.size_divisor == 32  # the stages kept may need what the whole encoder needs (HRNet, Hiera)
     assert len(enc.model.feature_info.reduction()) == 2  # the 1/16 and 1/32 stages are not built
     assert not any(n.startswith("layers_2") or n.startswith("layers_3") for n, _ in enc.model.named_modules())
     # encoders timm can dilate still are (the paper's front-end)

@@ -266,6 +266,8 @@ class TimmEncoder(nn.Module):
         channels: output channels per returned feature map.
         reductions: spatial reduction (input size / feature size) per feature map; for an
             input whose sides are multiples of ``max(reductions)`` each map is exactly that.
+        size_divisor: what the input's height and width must be multiples of (``max(reductions)``
+            unless ``max_reduction`` cut the encoder short: then the whole encoder's).
         spec: the :class:`EncoderSpec` it was built from.
         pyramid: the :class:`SimpleFeaturePyramid` of a single-scale encoder, else ``None``.
     """
@@ -337,6 +339,9 @@ class TimmEncoder(nn.Module):
         else:
             self.channels = list(self.model.feature_info.channels())
             self.reductions = timm_reductions
+        # what the input's sides must be multiples of: the whole timm model's largest reduction even when
+        # fewer stages are returned (HRNet's branches, Hiera's mask units), 16 at least for a pyramid's grid
+        self.size_divisor = max(16, *self.reductions) if self.pyramid is not None else max(spec.reductions)
         self._pads = spec.fixed_size is not None or spec.input_multiple != (1, 1)
 
     @property
