@@ -78,6 +78,8 @@ def test_compare_in_the_browser(server, browser, street):
     # every tab opens and shows its content
     for tab, text in [
         ("Task representation", "one probability map per class"),
+        ("Receptive field", "Click a pixel"),
+        ("Feature maps", "What the network computes"),
         ("Architectures", "feature maps stage by stage"),
         ("Upsampling", "every way to grow a feature map"),
         ("Leaderboard", "numbers on the same split|published reference numbers"),

@@ -10,7 +10,7 @@ import html
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 __all__ = [
     "colorize",
@@ -23,6 +23,7 @@ __all__ = [
     "class_probability_maps",
     "one_hot",
     "one_hot_pairs",
+    "receptive_field_picture",
     "fit_for_display",
     "present_labels",
     "palette_image",
@@ -246,6 +247,31 @@ def one_hot_pairs(target: np.ndarray, probs: np.ndarray, classes, gap: int = 4) 
         tile = np.concatenate([left, spacer, heatmap(probs[k])], axis=1)
         out.append((tile, f"{cls['name']}: target {100 * hot[k].sum() / labelled:.0f}% | mean p={float(probs[k].mean()):.2f}"))
     return out
+
+
+def receptive_field_picture(image: np.ndarray, erf: np.ndarray, box: tuple[int, int, int, int], point: tuple[int, int]) -> np.ndarray:
+    """The image dimmed, the effective receptive field ``erf`` ((H, W) gradient magnitudes, same size) laid over
+    it as a heat map (square-root scaled and saturated at its 99.7th percentile, so the tails show), the theoretical field ``box`` (top, left, bottom,
+    right, inclusive) as a yellow frame and the pixel ``point`` (y, x) as a cyan cross: (H, W, 3) uint8."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3].astype(np.float32)
+    e = np.sqrt(np.maximum(np.asarray(erf, dtype=np.float32), 0))
+    if e.shape != img.shape[:2]:
+        raise ValueError(f"the field is {e.shape}, the image {img.shape[:2]}")
+    e = np.clip(e / max(float(np.percentile(e, 99.7)), 1e-20), 0, 1)  # a few peak pixels must not wash out the rest
+    heat = heatmap(e, cmap="inferno").astype(np.float32)
+    a = np.clip(e * 2.0, 0, 1)[..., None]
+    out = Image.fromarray(((0.45 * img) * (1 - a) + heat * a).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    top, left, bottom, right = box
+    draw.rectangle([left, top, right, bottom], outline=(255, 220, 0), width=max(1, round(max(img.shape[:2]) / 240)))
+    y, x = point
+    r = max(3, round(max(img.shape[:2]) / 80))
+    draw.line([x - r, y, x + r, y], fill=(0, 255, 255), width=2)
+    draw.line([x, y - r, x, y + r], fill=(0, 255, 255), width=2)
+    return np.asarray(out)
 
 
 def fit_for_display(arr: np.ndarray, max_side: int, labels: bool = False) -> np.ndarray:

@@ -10,7 +10,7 @@ import os
 
 import gradio as gr
 
-from . import architectures, leaderboard, task, upsampling, weights
+from . import architectures, features, leaderboard, receptive, task, upsampling, weights
 from .common import LIGHT, architectures as registered, default_selection, example_images, status_markdown
 from .compare import CompareTab
 from .patches import install_atomic_image_cache
@@ -49,6 +49,10 @@ def build_app(examples: list[str] | None = None, selection: list[str] | None = N
             compare_tab = CompareTab(names, selection, examples)
         with gr.Tab("Task representation"):
             task.build(names, examples)
+        with gr.Tab("Receptive field"):
+            receptive.build(names, examples)
+        with gr.Tab("Feature maps"):
+            features.build(names, examples)
         with gr.Tab("Architectures"):
             architectures.build(demo, names)
         with gr.Tab("Upsampling"):

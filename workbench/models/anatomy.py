@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["StageShape", "count_parameters", "count_flops", "stage_shapes"]
+__all__ = ["StageShape", "count_parameters", "count_flops", "stage_shapes", "stage_outputs"]
 
 
 @dataclass
@@ -57,11 +57,20 @@ def stage_shapes(model: nn.Module, input_size: tuple[int, int] = (360, 480), in_
     Works on any model built from the ``encoder``/``decoder``/``head`` contract (and
     smp models); shapes are those inside the model, after its internal padding.
     """
-    was_training = model.training
-    model.eval()
     d = int(getattr(model, "size_divisor", 1))
     h = -(-input_size[0] // d) * d  # the height after the model's internal padding
-    records: list[StageShape] = []
+    return [StageShape(name, o.shape[1], o.shape[2], o.shape[3], round(h / o.shape[2], 2))
+            for name, o in stage_outputs(model, torch.zeros(1, in_chans, *input_size))]
+
+
+@torch.no_grad()
+def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The output of every encoder level and decoder stage (then the head) for the input batch ``x``, in the
+    order the forward pass produces them: ``[(name, (B, C, h, w) tensor)]``, e.g. ``encoder[2]``,
+    ``decoder.stages.1``, ``head``. Run in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    records: list[tuple[str, torch.Tensor]] = []
     hooks = []
     pattern = re.compile("^(" + "|".join(_STAGE_PATTERNS) + ")$")
 
@@ -71,8 +80,7 @@ def stage_shapes(model: nn.Module, input_size: tuple[int, int] = (360, 480), in_
             for i, o in enumerate(outs):
                 if not isinstance(o, torch.Tensor) or o.ndim != 4:
                     continue
-                label = f"{name}[{i}]" if len(outs) > 1 else name
-                records.append(StageShape(label, o.shape[1], o.shape[2], o.shape[3], round(h / o.shape[2], 2)))
+                records.append((f"{name}[{i}]" if len(outs) > 1 else name, o.detach()))
 
         return hook
 
@@ -80,7 +88,7 @@ def stage_shapes(model: nn.Module, input_size: tuple[int, int] = (360, 480), in_
         if name and pattern.match(name):
             hooks.append(module.register_forward_hook(record(name)))
     try:
-        model(torch.zeros(1, in_chans, *input_size))
+        model(x)
     finally:
         for hk in hooks:
             hk.remove()
