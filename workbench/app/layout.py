@@ -10,7 +10,7 @@ import os
 
 import gradio as gr
 
-from . import architectures, features, leaderboard, receptive, task, upsampling, weights
+from . import architectures, evaluate, features, leaderboard, receptive, task, upsampling, weights
 from .common import LIGHT, architectures as registered, default_selection, example_images, status_markdown
 from .compare import CompareTab
 from .patches import install_atomic_image_cache
@@ -57,6 +57,8 @@ def build_app(examples: list[str] | None = None, selection: list[str] | None = N
             architectures.build(demo, names)
         with gr.Tab("Upsampling"):
             upsampling.build(demo, examples)
+        with gr.Tab("Evaluate"):
+            evaluate.build(names, compare_tab.image)
         with gr.Tab("Leaderboard"):
             leaderboard.build(demo)
         with gr.Tab("Loss weighting"):
