@@ -317,3 +317,79 @@ def test_example_upload_confidence_and_downloads(server, browser, tmp_path):
         files = {n.rsplit("/", 1)[-1] for n in names if re.search(rf"^\d+_{name}/", n)}
         assert {"labels.png", "overlay.png", "confidence.png"} <= files, (name, names)
     page.close()
+
+
+def test_receptive_field_follows_a_click(server, browser, tmp_path):
+    """The Receptive field tab: an uploaded image, two models, a click on the image fills the gallery and the
+    table for the clicked pixel (a click, not a button, is how this view is used)."""
+    rng = np.random.default_rng(3)
+    photo = tmp_path / "rf_street.png"
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(photo)
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.get_by_role("tab", name="Receptive field").click()
+    panel = page.locator("[role=tabpanel]:visible").filter(has_text="Click a pixel")
+    panel.get_by_text("Click a pixel").first.wait_for(timeout=60_000)
+    for name in ("dilated", "unet"):  # keep naive and fcn8s: the test stays cheap
+        box = panel.get_by_label(name, exact=True)
+        if box.is_checked():
+            box.uncheck()
+    panel.locator("input[type=file]").first.set_input_files(str(photo))
+    image = panel.locator(".wb-rf-picker img[src*='rf_street']").first
+    image.wait_for(timeout=60_000)
+    page.wait_for_function("(im) => im.complete && im.naturalWidth > 0", arg=image.element_handle(), timeout=60_000)
+    # the picture is drawn centred in its frame, scaled down to fit (never up): click its pixel (120, 30)
+    bbox = image.bounding_box()
+    nw, nh = image.evaluate("(im) => [im.naturalWidth, im.naturalHeight]")
+    r = min(bbox["width"] / nw, bbox["height"] / nh, 1)
+    page.mouse.click(bbox["x"] + (bbox["width"] - nw * r) / 2 + 120 * r, bbox["y"] + (bbox["height"] - nh * r) / 2 + 30 * r)
+    panel.get_by_text(re.compile(r"Pixel \(\d+, \d+\) of the image at 160x120")).first.wait_for(timeout=240_000)
+    text = panel.inner_text()
+    x, y = map(int, re.search(r"Pixel \((\d+), (\d+)\)", text).groups())
+    assert abs(x - 120) <= 8 and abs(y - 30) <= 8, (x, y)  # the clicked pixel, in the image's own coordinates
+    assert "17 x 17 px" in text  # the naive stack's field
+    assert re.search(r"fcn8s.*\d+ x \d+ px|fcn8s.*whole image", text)
+    page.screenshot(path=str(ARTIFACTS / "browser_receptive_field_click.png"), full_page=True)
+    page.close()
+
+
+def test_evaluate_an_uploaded_zip(server, browser, tmp_path):
+    """The Evaluate tab: upload a zip of images/ + masks/, run two models, the per-image table fills, and
+    "Open in Compare" shows the Compare tab with that image as its input."""
+    import io
+    import zipfile
+
+    def png(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(5)
+    upload = tmp_path / "labelled.zip"
+    with zipfile.ZipFile(upload, "w") as zf:
+        for i in range(2):
+            img = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+            mask = np.zeros((64, 80), np.uint8)
+            mask[32:] = 3
+            zf.writestr(f"images/scene{i}.png", png(img))
+            zf.writestr(f"masks/scene{i}.png", png(mask))
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.get_by_role("tab", name="Evaluate").click()
+    panel = page.locator("[role=tabpanel]:visible").filter(has_text="Score several models")
+    panel.get_by_text("Score several models").first.wait_for(timeout=60_000)
+    panel.get_by_label("Upload a zip (images/ + masks/)").check()
+    panel.locator("input[type=file]").first.set_input_files(str(upload))
+    panel.get_by_text("labelled.zip").first.wait_for(timeout=60_000)
+    panel.get_by_role("button", name="Evaluate", exact=True).click()
+    panel.get_by_text("Evaluated 2 of 2").first.wait_for(timeout=240_000)
+    text = panel.locator("#wb-eval-table").inner_text()
+    assert "scene0" in text and "scene1" in text and "disagreement" in text, text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_evaluate.png"), full_page=True)
+    panel.get_by_role("button", name="Open in Compare").click()
+    page.locator("button[role=tab][aria-selected=true]", has_text="Compare").first.wait_for(timeout=60_000)
+    page.locator("[role=tabpanel]:visible img[src*='scene']").first.wait_for(timeout=60_000)  # the table's first image
+    page.close()

@@ -16,7 +16,7 @@ import torch
 from workbench import viz
 from workbench.lab.receptive import receptive_field, theoretical_extent
 
-from .common import HEAVY, IMAGE_SOURCES, badge, raw_upload, read_upload, zoo
+from .common import HEAVY, IMAGE_SOURCES, LIGHT, badge, raw_upload, read_upload, zoo
 from .gpu import on_gpu
 
 __all__ = ["build", "receptive_field_view", "DEFAULT_ARCHS", "MAX_SIDE"]
@@ -79,6 +79,13 @@ def receptive_field_view(image_path: str | None, archs: list[str], x: int = -1, 
     return gallery, table
 
 
+def _picture(image_path: str | None) -> str | None:
+    """The uploaded file, shown where it can be clicked (only if it decodes: a bad upload says why)."""
+    if image_path:
+        read_upload(image_path)
+    return image_path or None
+
+
 def _on_select(image_path: str | None, archs: list[str], evt: gr.SelectData):
     x, y = evt.index[:2]
     return receptive_field_view(image_path, archs, int(x), int(y))
@@ -93,12 +100,15 @@ def build(names: list[str], examples: list[str]) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            image = raw_upload(gr.Image(type="filepath", label="Image (click a pixel)", sources=list(IMAGE_SOURCES), height=300))
+            image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=200))
             archs = gr.CheckboxGroup(names, value=[n for n in DEFAULT_ARCHS if n in names], label="Architectures")
             button = gr.Button("Centre pixel", variant="primary")
             gr.Examples(examples, inputs=image, label="Examples")
         with gr.Column(scale=2, min_width=320):
+            # a picture the page shows, not an upload field: clicks on it report the pixel (an upload field does not)
+            picker = gr.Image(type="filepath", label="Click a pixel here", interactive=False, height=360, elem_classes=["wb-rf-picker"])
             table = gr.Markdown()
             gallery = gr.Gallery(label="Effective receptive field (heat) and theoretical field (frame)", columns=2, height="auto")
-    image.select(_on_select, [image, archs], [gallery, table], api_name=False, **HEAVY)
+    image.change(_picture, [image], [picker], api_name=False, **LIGHT)
+    picker.select(_on_select, [image, archs], [gallery, table], api_name=False, **HEAVY)
     button.click(receptive_field_view, [image, archs], [gallery, table], api_name="receptive_field", **HEAVY)
