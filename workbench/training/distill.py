@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,9 +49,8 @@ from ..paths import checkpoints_dir
 from .config import config_from_args
 from .distill_config import DistillConfig
 from .losses import DistillationLoss
-from .runtime import shutdown_distributed, stop_on_signals
 from .teacher_cache import TeacherCache, dequantize_logp, image_digest
-from .trainer import Trainer, TrainingInterrupted
+from .trainer import Trainer, run_command, run_trainer
 
 __all__ = ["DistillTrainer", "TeacherView", "resolve_teacher", "distill", "main"]
 
@@ -250,16 +248,7 @@ class DistillTrainer(Trainer):
 
 def distill(cfg: DistillConfig, command: str | None = None) -> dict:
     """Run a distillation for ``cfg``; returns the summary (:func:`workbench.training.trainer.train`'s, plus ``distillation``)."""
-    trainer = None
-    try:
-        trainer = DistillTrainer(cfg, command)
-        with stop_on_signals(trainer):
-            return trainer.fit()
-    finally:
-        if trainer is not None:
-            trainer.close()
-        del trainer
-        shutdown_distributed()
+    return run_trainer(DistillTrainer, cfg, command)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -267,12 +256,4 @@ def distill(cfg: DistillConfig, command: str | None = None) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """``workbench distill``: exit status 0, or 128 + the signal number when a signal stopped the run."""
-    cfg = config_from_args(args, DistillConfig)
-    try:
-        summary = distill(cfg)
-    except TrainingInterrupted as exc:
-        print(f"interrupted by {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-    return 0
+    return run_command(distill, config_from_args(args, DistillConfig))

@@ -45,6 +45,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -455,9 +456,15 @@ class Trainer:
 
 def train(cfg: TrainConfig, command: str | None = None) -> dict:
     """Run training for ``cfg``; returns the summary (best val mIoU, epochs, steps, wall time)."""
+    return run_trainer(Trainer, cfg, command)
+
+
+def run_trainer(trainer_class: type[Trainer], cfg: TrainConfig, command: str | None = None) -> dict:
+    """Build ``trainer_class(cfg, command)``, fit it with signals stopping it cleanly, and always release it
+    (and the process group); returns the summary."""
     trainer = None
     try:
-        trainer = Trainer(cfg, command)
+        trainer = trainer_class(cfg, command)
         with stop_on_signals(trainer):
             return trainer.fit()
     finally:
@@ -469,9 +476,14 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """``workbench train``: exit status 0, or 128 + the signal number when a signal stopped the run."""
-    cfg = config_from_args(args)
+    return run_command(train, config_from_args(args))
+
+
+def run_command(run: Callable[..., dict], cfg: TrainConfig) -> int:
+    """A training command's body: ``run(cfg)``, its summary printed as JSON by rank 0; the exit status is 0,
+    or 128 + the signal number when a signal stopped the run (what a shell reports)."""
     try:
-        summary = train(cfg)
+        summary = run(cfg)
     except TrainingInterrupted as exc:
         print(f"interrupted by {exc}", file=sys.stderr)
         return 128 + exc.signum  # what a shell reports for a command a signal ended
