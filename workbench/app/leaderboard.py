@@ -80,12 +80,18 @@ def build(demo: gr.Blocks) -> None:
     outputs = [table, bars, scatter, text]
     button.click(leaderboard_view, None, outputs, api_name="leaderboard", **LIGHT)
     demo.load(leaderboard_view, None, outputs, api_name=False, **LIGHT)
-    names = evaluated_checkpoints()
-    with gr.Row():
-        choice = gr.Dropdown(names, value=names[0] if names else None, label="Checkpoint: test confusion matrix and training curves", scale=1)
+    with gr.Row():  # the choices fill on page load: building the tab reads no checkpoint
+        choice = gr.Dropdown([], value=None, label="Checkpoint: test confusion matrix and training curves", scale=1)
     with gr.Row():
         confusion = gr.Plot(label="Test confusion matrix (rows: ground truth)")
         curves = gr.Plot(label="Training curves")
     details = gr.Markdown()
-    choice.change(checkpoint_view, [choice], [confusion, curves, details], api_name="checkpoint_details", **LIGHT)
-    demo.load(checkpoint_view, [choice], [confusion, curves, details], api_name=False, **LIGHT)
+    choice.input(checkpoint_view, [choice], [confusion, curves, details], api_name="checkpoint_details", **LIGHT)
+    demo.load(_first_checkpoint, None, [choice, confusion, curves, details], api_name=False, **LIGHT)
+
+
+def _first_checkpoint():
+    """On page load: the dropdown's choices, and the first checkpoint's details."""
+    names = evaluated_checkpoints()
+    first = names[0] if names else None
+    return (gr.update(choices=names, value=first), *checkpoint_view(first))

@@ -55,7 +55,6 @@ from ..models.base import MIN_INPUT_SIZE
 from ..paths import resolve_data_root
 from ..system.machine import machine_description
 from ..inference.timing import time_model
-from ..inference.int8 import OpenVINOModule, compile_openvino, load_int8, to_openvino
 from .metrics import foreground_iou, pixel_error, rand_scores, segmentation_metrics
 from .tta import as_pair, check_scales, predict_probs
 from .validate import Scored, accumulate_confusion, plain_tensor
@@ -318,6 +317,9 @@ def engine_model(path, model: nn.Module, manifest, engine: str, precision: str, 
         except (ValueError, RuntimeError) as exc:
             raise EvaluationError(f"{engine}: {exc}") from None
         return EngineModule(predictor, config), "fp32"
+    # OpenVINO loads on first use only: importing it starts its telemetry thread and costs ~1 s (the app imports this module)
+    from ..inference.int8 import OpenVINOModule, compile_openvino, load_int8, to_openvino
+
     if precision == "int8":
         try:
             return load_int8(path, threads=threads), "fp32"
