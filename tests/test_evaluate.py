@@ -327,6 +327,29 @@ def test_write_results_files_and_sorted_leaderboard(tmp_path):
     assert "IoU membrane" in md and "IoU cell" in md and "Rand error" in md and "params (M)" in md
 
 
+def test_write_results_merge_ranks_the_whole_folder(tmp_path):
+    """quantize --out collects one checkpoint per run: with merge the folder's leaderboard keeps the earlier
+    ones and a re-run replaces its own row; without merge it holds only the last run (what eval --out does)."""
+    a = _save(tmp_path / "a", "first", make_threshold_model(), classes=["membrane", "cell"])
+    b = _save(tmp_path / "b", "second", make_threshold_model(), classes=["membrane", "cell"])
+    ra, rb = (evaluate_checkpoint(p, dataset=_Halves(), device="cpu", progress=False) for p in (a, b))
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "notes.test.json").write_text('{"not": "a result"}')  # other JSON in the folder is not ranked
+
+    def ranked() -> list[str]:
+        md = (out / "leaderboard_test.md").read_text()
+        return sorted(line.split(" | ")[2] for line in md.splitlines() if line.startswith("| ") and line[2].isdigit())
+
+    write_results([ra], out, merge=True)
+    write_results([rb], out, merge=True)
+    assert ranked() == ["first", "second"]
+    write_results([ra], out, merge=True)  # a re-run: still one row each
+    assert ranked() == ["first", "second"]
+    write_results([rb], out)
+    assert ranked() == ["second"]
+
+
 def test_nan_metrics_become_null_and_sort_last(tmp_path):
     ckpt = _save(tmp_path, "thr", make_threshold_model(), classes=["membrane", "cell"])
     res = evaluate_checkpoint(ckpt, dataset=_Halves(), device="cpu", progress=False, per_image=False)

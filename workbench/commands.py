@@ -204,7 +204,7 @@ def cmd_quantize(args) -> int:
         return 2
     checkpoints, results, failed = done
     if results and args.out:
-        write_results(results, args.out)
+        write_results(results, args.out, merge=True)  # the folder collects the zoo's int8 results one run at a time
         print(f"wrote the int8 results to {args.out}")
     if args.leaderboard:
         _update_precision_section(args.leaderboard, Path(checkpoints[0]).parent)

@@ -172,11 +172,13 @@ def _unique_stems(results: list[dict]) -> list[str]:
     return stems
 
 
-def write_results(results: list[dict], out_dir: str | os.PathLike) -> dict[str, list[Path]]:
+def write_results(results: list[dict], out_dir: str | os.PathLike, merge: bool = False) -> dict[str, list[Path]]:
     """Write ``<stem>.<split>.json`` and ``<stem>.<split>.confusion.png`` per result and ``leaderboard_<split>.md`` per split.
 
     JSON files use ``null`` for undefined numbers (``nan``). Results whose
-    checkpoint stems collide get ``-2``, ``-3``, ... suffixes.
+    checkpoint stems collide get ``-2``, ``-3``, ... suffixes. ``merge``: the leaderboards rank every result
+    in the folder (the ones written before and these, which replace theirs), not these alone; for a folder
+    that collects one checkpoint at a time (``workbench quantize --out``).
 
     Returns:
         ``{"json": [...], "confusion": [...], "leaderboard": [...]}`` paths.
@@ -193,6 +195,18 @@ def write_results(results: list[dict], out_dir: str | os.PathLike) -> dict[str, 
     by_split: dict[str, list[dict]] = {}
     for r in results:
         by_split.setdefault(str(r.get("split", "eval")), []).append(r)
+    if merge:
+        fresh = set(written["json"])
+        for split in list(by_split):
+            for jp in sorted(out.glob(f"*.{split}.json")):
+                if jp in fresh:
+                    continue
+                try:
+                    old_result = json.loads(jp.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue  # not a result (or unreadable): it is not ranked
+                if isinstance(old_result, dict) and isinstance(old_result.get("metrics"), dict) and old_result.get("split") == split:
+                    by_split[split].append(old_result)
     for split, rs in by_split.items():
         lp = out / f"leaderboard_{split}.md"
         text = f"# Leaderboard: {split} split\n\n" + format_leaderboard(rs)
