@@ -6,6 +6,7 @@ import io
 import json
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,23 @@ def test_task_tab_names_the_training_data_and_flags_a_non_street_image(tmp_path)
     *_, note = task.task_representation(str(noise), "unet", 0.5)
     assert "What these models know" in note and "Bicyclist" in note
     assert "this image looks unlike them" in note
+
+
+def test_old_downloads_are_pruned(tmp_path, monkeypatch):
+    """Download files do not pile up: folders last written over an hour ago go, fresh ones stay."""
+    import os
+
+    from workbench.app import compare
+
+    monkeypatch.setattr(compare, "DOWNLOAD_DIR", tmp_path / "downloads")
+    old = Path(compare.write_download(b"old result", "a.png"))
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(old.parent, (two_hours_ago, two_hours_ago))
+    fresh = Path(compare.write_download(b"fresh result", "b.png"))
+    assert compare.prune_downloads() == 1
+    assert not old.parent.exists() and fresh.read_bytes() == b"fresh result"
+    # write_download prunes by itself every few minutes
+    os.utime(fresh.parent, (two_hours_ago, two_hours_ago))
+    monkeypatch.setattr(compare, "_last_prune", [0.0])
+    newest = Path(compare.write_download(b"newest", "c.png"))
+    assert not fresh.parent.exists() and newest.is_file()

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import html
+import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -109,9 +111,33 @@ def _card_header(name: str, res: dict | None = None, error: str | None = None) -
     return "".join(parts)
 
 
+DOWNLOAD_MAX_AGE_S = 3600  # downloads older than this are deleted (Gradio's own cache of them lives as long: layout.py)
+_PRUNE_EVERY_S = 300
+_last_prune = [0.0]
+
+
+def prune_downloads(now: float | None = None, max_age_s: float = DOWNLOAD_MAX_AGE_S) -> int:
+    """Delete the download folders under :data:`DOWNLOAD_DIR` last written more than ``max_age_s`` ago; returns
+    how many. Gradio serves its own copy of each file, so an old original is never needed again."""
+    now = time.time() if now is None else now
+    removed = 0
+    for folder in DOWNLOAD_DIR.glob("*"):
+        try:
+            if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue  # removed by a concurrent prune
+    return removed
+
+
 def write_download(data: bytes, filename: str) -> str:
     """Write a download's bytes to a file named ``filename`` (in a folder named by the content's hash, so the same
-    result is written once) and return its path; Gradio serves a copy from its cache."""
+    result is written once) and return its path; Gradio serves a copy from its cache. Every few minutes this also
+    deletes the downloads older than :data:`DOWNLOAD_MAX_AGE_S` (:func:`prune_downloads`)."""
+    if time.time() - _last_prune[0] > _PRUNE_EVERY_S:
+        _last_prune[0] = time.time()
+        prune_downloads()
     path = DOWNLOAD_DIR / hashlib.sha256(data).hexdigest()[:24] / filename
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
