@@ -51,6 +51,7 @@ def test_accessors_agree_with_the_json(path):
     assert man.cpu_latency_ms == raw["cost"]["cpu_latency_ms"] and man.gflops == raw["cost"]["gflops"]
     assert man.pinned_precision == (raw.get("inference") or {}).get("precision")
     assert man.in_upsampling_lab == bool(raw.get("upsampling_lab"))
+    assert man.is_strawman == bool(raw.get("strawman"))
     assert [s for s, _ in man.metric_splits()] == ["test", "val"]
     assert man.training_config == raw["training"]["config"] and man.epochs == raw["training"]["epochs_completed"]
     assert man.extra == {}  # every shipped key has a field

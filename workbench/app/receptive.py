@@ -86,7 +86,7 @@ def _picture(image_path: str | None) -> str | None:
     return image_path or None
 
 
-def _on_select(image_path: str | None, archs: list[str], evt: gr.SelectData | None = None):
+def _on_select(image_path: str | None, archs: list[str], evt: gr.SelectData = None):  # Gradio fills evt (by this exact annotation)
     """A click on the picture: that pixel (no event: the centre)."""
     x, y = evt.index[:2] if evt is not None and evt.index is not None else (-1, -1)
     return receptive_field_view(image_path, archs, int(x), int(y))

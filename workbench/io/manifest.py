@@ -126,6 +126,7 @@ class Manifest(MutableMapping):
     # -- how the app picks it
     default: bool | None = None  # true: the zoo serves this one when several checkpoints share an architecture and dataset
     upsampling_lab: bool | None = None  # true: a variant of the upsampling lab, never served in Compare
+    strawman: bool | None = None  # true: shipped to show how far it falls short (the naive stack), held to no quality bar
     # -- not part of the JSON
     extra: dict[str, Any] = field(default_factory=dict)  # keys this class does not know, kept so a rewrite loses nothing
     path: Path | None = field(default=None, compare=False)  # the file it was read from (the mapping's "_path")
@@ -328,6 +329,10 @@ class Manifest(MutableMapping):
     @property
     def in_upsampling_lab(self) -> bool:
         return bool(self.upsampling_lab)
+
+    @property
+    def is_strawman(self) -> bool:
+        return bool(self.strawman)
 
 
 def _json_fields() -> tuple[dataclasses.Field, ...]:
