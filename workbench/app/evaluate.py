@@ -18,7 +18,6 @@ import io
 import math
 import os
 import tempfile
-import zipfile
 from pathlib import Path, PurePosixPath
 
 import gradio as gr
@@ -27,18 +26,18 @@ from gradio.utils import get_upload_folder
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
 from workbench.classes import IGNORE_INDEX
-from workbench.data.archive import ArchiveError, check_plan, human_size, is_symlink, open_zip, unsafe_name
+from workbench.data.archive import ArchiveError, extract_members, human_size, is_symlink, open_zip, unsafe_name
 from workbench.data.base import DatasetError
 from workbench.data.datasets import build_dataset
 from workbench.data.examples import examples_root
 from workbench.data.files import IMAGE_EXTS, MASK_EXTS
 from workbench.data.transforms import eval_transforms
 from workbench.evaluation.evaluate import EngineModule
+from workbench.evaluation import leaderboard as lb
 from workbench.evaluation.metrics import ConfusionMatrix, segmentation_metrics
 from workbench.evaluation.report import confusion_figure
 from workbench.evaluation.tta import predict_probs
@@ -194,25 +193,9 @@ def unpack_labelled_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) ->
             raise gr.Error(f"{what} holds no masks/ folder; every image in images/ needs a mask with the same file stem in masks/.")
         if n_images > MAX_IMAGES:
             raise gr.Error(f"{what} holds {n_images} images; at most {MAX_IMAGES} can be evaluated at once.")
-        try:
-            check_plan(plan, max_bytes=MAX_UNPACKED_BYTES, what=what)
-            dest.mkdir()
-            root = dest.resolve()
-            for info, rel in plan:
-                out = (dest / rel).resolve()
-                if root not in out.parents:  # belt and braces after the name checks
-                    raise ArchiveError(f"{what} holds an unsafe member path {info.filename!r}; refusing to extract it")
-                out.parent.mkdir(exist_ok=True)
-                with zf.open(info) as src, open(out, "xb") as dst:
-                    remaining = info.file_size  # never write more than the member declared
-                    while chunk := src.read(min(1 << 20, remaining + 1)):
-                        remaining -= len(chunk)
-                        if remaining < 0:
-                            raise ArchiveError(f"{what}: {info.filename!r} holds more data than it declares")
-                        dst.write(chunk)
-        except FileExistsError:
-            raise gr.Error(f"Refused: {what} holds a file twice.") from None
-        except (ArchiveError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        try:  # the shared extraction: checks the plan again, writes only inside dest, refuses a member twice
+            extract_members(zf, plan, dest, max_bytes=MAX_UNPACKED_BYTES, what=what)
+        except (ArchiveError, OSError) as exc:
             raise gr.Error(f"Refused: {exc}") from None
     for path in sorted(dest.rglob("*")):
         if path.is_file():
@@ -229,43 +212,15 @@ def unpack_labelled_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) ->
 # --- figures
 
 
-def _figure(w: float, h: float) -> Figure:
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _iou_figure(results: dict, class_names: list[str]) -> Figure:
-    fig = _figure(10, 3.8)
-    ax = fig.add_subplot()
-    n = max(1, len(results))
-    width = 0.8 / n
-    x = np.arange(len(class_names))
-    for i, (name, r) in enumerate(results.items()):
-        vals = [0.0 if v is None or math.isnan(v) else 100 * v for v in r["metrics"]["per_class_iou"]]
-        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, label=f"{name} (mIoU {100 * r['metrics']['miou']:.1f})")
-    ax.set_xticks(x, class_names, rotation=30, ha="right")
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Per-class IoU on the images evaluated so far (a class absent from labels and predictions shows 0)", fontsize=9)
-    if results:
-        ax.legend(fontsize=7, ncol=min(n, 4))
-    fig.tight_layout()
-    return fig
+    rows = [{"name": f"{a} (mIoU {100 * r['metrics']['miou']:.1f})", "per_class_iou": r["metrics"]["per_class_iou"], "class_names": class_names}
+            for a, r in results.items()]
+    return lb.per_class_iou_figure(rows, "Per-class IoU on the images evaluated so far (a class absent from labels and predictions shows 0)")
 
 
 def _latency_figure(results: dict) -> Figure:
-    fig = _figure(6.5, 4)
-    ax = fig.add_subplot()
-    for name, r in results.items():
-        ms, miou = r["latency_ms"], 100 * r["metrics"]["miou"]
-        ax.scatter(ms, miou, s=40)
-        ax.annotate(name, (ms, miou), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("median time per image (ms; this machine, models run one after another)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("Quality against speed", fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = [{"name": a, "miou": r["metrics"]["miou"], "latency_ms": r["latency_ms"]} for a, r in results.items()]
+    return lb.miou_latency_figure(rows, xlabel="median time per image (ms; this machine, models run one after another)", ylabel="mIoU (%)", log_x=False)
 
 
 def _png(fig: Figure) -> Image.Image:
@@ -346,15 +301,15 @@ def _run(archs, set_name, folder, n_max, models, progress):
             notes.append(f"`{a}` could not be loaded: {type(exc).__name__}: {exc}")
     if not predictors:
         raise gr.Error("None of the chosen models could be loaded: " + "; ".join(notes))
-    datasets: dict[tuple, object] = {}  # one per normalisation
     first = next(iter(predictors.values()))
-    for a, p in predictors.items():
-        key = (tuple(p.mean.view(-1).tolist()), tuple(p.std.view(-1).tolist()))
+    normalisation = {a: (tuple(p.mean.view(-1).tolist()), tuple(p.std.view(-1).tolist())) for a, p in predictors.items()}
+    datasets: dict[tuple, object] = {}  # one per normalisation
+    for key in normalisation.values():
         if key not in datasets:
             datasets[key] = _dataset(set_name, folder, list(key[0]), list(key[1]), first.classes)
     ds0 = next(iter(datasets.values()))
     for a, p in list(predictors.items()):
-        ds = datasets[(tuple(p.mean.view(-1).tolist()), tuple(p.std.view(-1).tolist()))]
+        ds = datasets[normalisation[a]]
         if p.in_chans != ds.in_chans or (p.num_classes and p.num_classes != ds.num_classes):
             notes.append(f"`{a}` skipped: it takes {p.in_chans}-channel images into {p.num_classes} classes; this set has {ds.in_chans}-channel images and {ds.num_classes} classes.")
             del predictors[a]
@@ -371,12 +326,12 @@ def _run(archs, set_name, folder, n_max, models, progress):
     state: dict = {"images": {}, "order": []}
     capped = f" (the first {n} of {len(ds0)}; at most {MAX_IMAGES} per run)" if n < len(ds0) else ""
     header = f"**{set_name}**: {n} image(s){capped}, {len(ds0.classes)} classes, void pixels excluded."
+    modules = {a: EngineModule(p) for a, p in predictors.items()}
     for i in range(n):
         progress((i, n), desc=f"image {i + 1} of {n}")
         labels, row = {}, {"miou": {}}
-        for a, p in predictors.items():
-            ds = datasets[(tuple(p.mean.view(-1).tolist()), tuple(p.std.view(-1).tolist()))]
-            module = EngineModule(p)
+        for a, module in modules.items():
+            ds = datasets[normalisation[a]]
             scored = []
             try:
                 cm = accumulate_confusion(

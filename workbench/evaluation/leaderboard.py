@@ -175,8 +175,9 @@ def _figure(width: float, height: float):
     return fig
 
 
-def per_class_iou_figure(rows: list[dict]):
-    """Grouped bars: per-class IoU of every checkpoint."""
+def per_class_iou_figure(rows: list[dict], title: str = "Per-class IoU on the CamVid test set"):
+    """Grouped bars: per-class IoU of every row (``name``, ``per_class_iou``, ``class_names``; an undefined IoU
+    draws as 0)."""
     fig = _figure(11, 4)
     ax = fig.add_subplot()
     if not rows:
@@ -193,14 +194,16 @@ def per_class_iou_figure(rows: list[dict]):
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Per-class IoU on the CamVid test set")
+    ax.set_title(title, **({"fontsize": 9} if len(title) > 60 else {}))  # a long title in small type
     ax.legend(fontsize=7, ncol=min(n, 5))
     fig.tight_layout()
     return fig
 
 
-def miou_latency_figure(rows: list[dict], anchors: list[dict] | None = None):
-    """Scatter of test mIoU against CPU latency; published anchors as horizontal reference lines."""
+def miou_latency_figure(rows: list[dict], anchors: list[dict] | None = None, *, xlabel: str = "CPU latency per 360x480 image (ms, log scale)",
+                        ylabel: str = "test mIoU (%)", log_x: bool = True):
+    """Scatter of mIoU against latency (rows: ``name``, ``miou``, ``latency_ms``); published anchors as horizontal
+    reference lines."""
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
     pts = [r for r in rows if r["latency_ms"] is not None and r["miou"] is not None]
@@ -210,10 +213,10 @@ def miou_latency_figure(rows: list[dict], anchors: list[dict] | None = None):
     for a in anchors or []:
         ax.axhline(100 * a["miou"], color="grey", lw=0.8, ls="--")
         ax.text(ax.get_xlim()[1] if pts else 1, 100 * a["miou"], f" {a['model']} (published)", fontsize=7, va="bottom", ha="right", color="grey")
-    if pts:
+    if pts and log_x:
         ax.set_xscale("log")
-    ax.set_xlabel("CPU latency per 360x480 image (ms, log scale)")
-    ax.set_ylabel("test mIoU (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title("Quality against speed")
     fig.tight_layout()
     return fig
