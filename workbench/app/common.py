@@ -161,6 +161,17 @@ def raw_upload(component: gr.Image) -> gr.Image:
     return component
 
 
+def image_input(height: int = 300) -> gr.Image:
+    """A tab's image input: upload, webcam or clipboard (:data:`IMAGE_SOURCES`), the file handed over untouched
+    (:func:`raw_upload`), as a path."""
+    return raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=height))
+
+
+def architecture_dropdown(names: list[str]) -> gr.Dropdown:
+    """One architecture to look at (``unet`` first where it is registered)."""
+    return gr.Dropdown(names, value="unet" if "unet" in names else names[0], label="Architecture")
+
+
 def read_upload(image_path: str | None) -> Image.Image:
     """Decode an uploaded file as RGB; any problem becomes a message for the user."""
     if not image_path:

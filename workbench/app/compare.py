@@ -40,7 +40,7 @@ from workbench.classes import CAMVID_CLASSES, IGNORE_INDEX
 from workbench.inference.ood import load_calibrations
 
 from . import knowledge
-from .common import HEAVY, IMAGE_SOURCES, LIGHT, architectures, badge, clock, fast_png, raw_upload, zoo
+from .common import HEAVY, LIGHT, architectures, badge, clock, fast_png, image_input, zoo
 from .segment import CONFIDENCE_KINDS, cached_segment_stream
 
 __all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "compare_stream", "results_zip", "encoded_images", "render_cards", "restyle"]
@@ -377,7 +377,7 @@ class CompareTab:
         self.names = list(names)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                self.image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=300))
+                self.image = image_input()
                 self.archs = gr.CheckboxGroup(self.names, value=selection, label="Architectures", elem_classes=["wb-archs"])
                 self.opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 self.confidence = gr.Dropdown(CONFIDENCE_CHOICES, value="off", label="Confidence view per card (dark: unsure)",

@@ -8,9 +8,9 @@ import numpy as np
 
 from workbench.lab.features import feature_stages
 
-from .common import HEAVY, IMAGE_SOURCES, badge, raw_upload, read_upload, zoo
+from .common import HEAVY, architecture_dropdown, badge, image_input, zoo
 from .gpu import on_gpu
-from .receptive import MAX_SIDE, _input
+from .receptive import _input, _read_small
 
 __all__ = ["build", "feature_maps_view"]
 
@@ -28,11 +28,7 @@ def feature_maps_view(image_path: str | None, arch: str, top_channels: int = 3):
     """The stages of ``arch`` on the image: ``(gallery of (picture, caption), markdown table)``; each picture is
     at the stage's own resolution, enlarged by a whole factor with nearest neighbours (its pixels show as blocks;
     the captions give the real size)."""
-    image = read_upload(image_path)
-    w0, h0 = image.size
-    scale = min(1.0, MAX_SIDE / max(w0, h0))
-    if scale < 1.0:
-        image = image.resize((max(1, round(w0 * scale)), max(1, round(h0 * scale))))
+    image, _ = _read_small(image_path)
     if arch not in zoo().entries:
         raise gr.Error(f"Unknown architecture {arch!r}.")
     try:
@@ -56,8 +52,8 @@ def build(names: list[str], examples: list[str]) -> None:
                 "(first the mean activation over its channels, then its strongest channels).")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=300))
-            arch = gr.Dropdown(names, value="unet" if "unet" in names else names[0], label="Architecture")
+            image = image_input()
+            arch = architecture_dropdown(names)
             top = gr.Slider(0, 8, value=3, step=1, label="Strongest channels per stage")
             button = gr.Button("Show feature maps", variant="primary")
             gr.Examples(examples, inputs=image, label="Examples")

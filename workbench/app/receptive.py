@@ -16,7 +16,7 @@ import torch
 from workbench import viz
 from workbench.lab.receptive import receptive_field, theoretical_extent
 
-from .common import HEAVY, IMAGE_SOURCES, LIGHT, badge, raw_upload, read_upload, zoo
+from .common import HEAVY, LIGHT, badge, image_input, read_upload, zoo
 from .gpu import on_gpu
 
 __all__ = ["build", "receptive_field_view", "DEFAULT_ARCHS", "MAX_SIDE"]
@@ -31,6 +31,16 @@ def _extent(name: str, size: tuple[int, int], in_chans: int) -> tuple[int, int, 
     return theoretical_extent(zoo().predictor(name).model, size, in_chans)
 
 
+def _read_small(image_path: str | None):
+    """The uploaded image shrunk to at most :data:`MAX_SIDE` a side, and the factor it was shrunk by."""
+    image = read_upload(image_path)
+    w0, h0 = image.size
+    scale = min(1.0, MAX_SIDE / max(w0, h0))
+    if scale < 1.0:
+        image = image.resize((max(1, round(w0 * scale)), max(1, round(h0 * scale))))
+    return image, scale
+
+
 def _input(name: str, image) -> torch.Tensor:
     predictor = zoo().predictor(name)
     x = predictor.preprocess(image.convert(predictor.mode))
@@ -43,11 +53,7 @@ def receptive_field_view(image_path: str | None, archs: list[str], x: int = -1, 
     receptive fields. Returns ``(gallery of (picture, caption), markdown table)``."""
     if not archs:
         raise gr.Error("Choose at least one architecture.")
-    image = read_upload(image_path)
-    w0, h0 = image.size
-    scale = min(1.0, MAX_SIDE / max(w0, h0))
-    if scale < 1.0:
-        image = image.resize((max(1, round(w0 * scale)), max(1, round(h0 * scale))))
+    image, scale = _read_small(image_path)
     w, h = image.size
     px = w // 2 if x is None or x < 0 else min(int(x * scale), w - 1)
     py = h // 2 if y is None or y < 0 else min(int(y * scale), h - 1)
@@ -101,7 +107,7 @@ def build(names: list[str], examples: list[str]) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=200))
+            image = image_input(200)
             archs = gr.CheckboxGroup(names, value=[n for n in DEFAULT_ARCHS if n in names], label="Architectures")
             button = gr.Button("Centre pixel", variant="primary")
             gr.Examples(examples, inputs=image, label="Examples")

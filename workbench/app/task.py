@@ -8,7 +8,7 @@ import numpy as np
 from workbench import viz
 from workbench.data.camvid import find_ground_truth
 
-from .common import HEAVY, IMAGE_SOURCES, badge, raw_upload, read_upload, zoo
+from .common import HEAVY, architecture_dropdown, badge, image_input, read_upload, zoo
 from .knowledge import ood_html, ood_verdict, training_note
 from .gpu import on_gpu
 
@@ -54,8 +54,8 @@ def build(names: list[str], examples: list[str]) -> None:
     gr.Markdown("How a segmentation network represents its answer: one probability map per class, then an argmax.")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=300))
-            arch = gr.Dropdown(names, value="unet" if "unet" in names else names[0], label="Architecture")
+            image = image_input()
+            arch = architecture_dropdown(names)
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
             button = gr.Button("Show representation", variant="primary")
             gr.Examples(examples, inputs=image, label="Examples")

@@ -8,7 +8,7 @@ import numpy as np
 from workbench import lab, viz
 from workbench.inference.predictor import Predictor
 
-from .common import HEAVY, IMAGE_SOURCES, LIGHT, engine_kwargs, raw_upload, read_upload
+from .common import HEAVY, LIGHT, engine_kwargs, image_input, read_upload
 from .gpu import on_gpu
 
 __all__ = ["LAB_FACTORS", "LAB_TABLE_HEADERS", "LAB_VARIANT_HEADERS", "build", "lab_constant_input", "lab_operators", "lab_overlap", "lab_trained"]
@@ -148,7 +148,7 @@ def build(demo: gr.Blocks, examples: list[str]) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            up_image = raw_upload(gr.Image(type="filepath", label="Image", sources=list(IMAGE_SOURCES), height=260))
+            up_image = image_input(260)
             up_factor = gr.Radio(list(LAB_FACTORS), value=4, label="Factor")
             up_button = gr.Button("Reduce and restore", variant="primary")
             gr.Examples(examples, inputs=up_image, label="Examples")
