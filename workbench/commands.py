@@ -148,7 +148,7 @@ def cmd_eval(args) -> int:
             print(
                 f"{Path(ckpt).name}: ran on {opts.get('engine')} {opts.get('precision')}"
                 + (f" ({opts['engine_reason']})" if opts.get("engine_reason") else "")
-                + (f"; labels vs fp32 eager on {agree['images']} images: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%" if agree.get("images") else ""),
+                + _agreement_text(agree, "images"),
                 flush=True,
             )
         return res
@@ -165,6 +165,13 @@ def cmd_eval(args) -> int:
         n_files = sum(len(v) for v in written.values())
         print(f"wrote {n_files} files to {args.out}: " + ", ".join(p.name for p in written["leaderboard"]) + " and per checkpoint .json / .confusion.png")
     return 2 if failed else 0
+
+
+def _agreement_text(agree: dict, what: str) -> str:
+    """``; labels vs fp32 eager on N <what>: mean ..%, worst ..%`` for a result's ``label_agreement`` (empty without one)."""
+    if not agree.get("images"):
+        return ""
+    return f"; labels vs fp32 eager on {agree['images']} {what}: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%"
 
 
 def cmd_quantize(args) -> int:
@@ -193,7 +200,7 @@ def cmd_quantize(args) -> int:
             removed = f"; deleted {xml.name} and its .bin (--keep-refused keeps them)"
         print(
             f"{ckpt.name}: int8 {'ACCEPTED' if entry['accepted'] else 'refused'}: {entry['reason']}"
-            + (f"; labels vs fp32 eager on {agree['images']} test images: mean {100 * agree['mean']:.2f}%, worst {100 * agree['worst']:.2f}%" if agree.get("images") else "")
+            + _agreement_text(agree, "test images")
             + removed,
             flush=True,
         )
