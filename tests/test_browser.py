@@ -319,18 +319,24 @@ def test_example_upload_confidence_and_downloads(server, browser, tmp_path):
     page.close()
 
 
+def _open_tab(browser, server: str, tab: str, text: str):
+    """A new page on the app with ``tab`` open: ``(page, the tab's panel)``, once the panel shows ``text``."""
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.get_by_role("tab", name=tab).click()
+    panel = page.locator("[role=tabpanel]:visible").filter(has_text=text)
+    panel.get_by_text(text).first.wait_for(timeout=60_000)
+    return page, panel
+
+
 def test_receptive_field_follows_a_click(server, browser, tmp_path):
     """The Receptive field tab: an uploaded image, two models, a click on the image fills the gallery and the
     table for the clicked pixel (a click, not a button, is how this view is used)."""
     rng = np.random.default_rng(3)
     photo = tmp_path / "rf_street.png"
     Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(photo)
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
-    page.goto(server)
-    page.wait_for_selector("text=Segment", timeout=60_000)
-    page.get_by_role("tab", name="Receptive field").click()
-    panel = page.locator("[role=tabpanel]:visible").filter(has_text="Click a pixel")
-    panel.get_by_text("Click a pixel").first.wait_for(timeout=60_000)
+    page, panel = _open_tab(browser, server, "Receptive field", "Click a pixel")
     for name in ("dilated", "unet"):  # keep naive and fcn8s: the test stays cheap
         box = panel.get_by_label(name, exact=True)
         if box.is_checked():
@@ -374,12 +380,7 @@ def test_evaluate_an_uploaded_zip(server, browser, tmp_path):
             mask[32:] = 3
             zf.writestr(f"images/scene{i}.png", png(img))
             zf.writestr(f"masks/scene{i}.png", png(mask))
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
-    page.goto(server)
-    page.wait_for_selector("text=Segment", timeout=60_000)
-    page.get_by_role("tab", name="Evaluate").click()
-    panel = page.locator("[role=tabpanel]:visible").filter(has_text="Score several models")
-    panel.get_by_text("Score several models").first.wait_for(timeout=60_000)
+    page, panel = _open_tab(browser, server, "Evaluate", "Score several models")
     panel.get_by_label("Upload a zip (images/ + masks/)").check()
     panel.locator("input[type=file]").first.set_input_files(str(upload))
     panel.get_by_text("labelled.zip").first.wait_for(timeout=60_000)
