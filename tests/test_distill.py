@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from workbench.classes import IGNORE_INDEX  # noqa: E402
 from workbench.data.datasets import build_dataset  # noqa: E402
 from workbench.data.transforms import TeacherMap, train_transforms  # noqa: E402
-from workbench.training import distill as distill_mod  # noqa: E402
+from workbench.evaluation import ensemble as ensemble_mod  # noqa: E402
 from workbench.training.distill import DistillTrainer, distill  # noqa: E402
 from workbench.training.distill_config import DistillConfig  # noqa: E402
 from workbench.training.losses import DistillationLoss, build_loss, kd_kl  # noqa: E402
@@ -126,15 +126,15 @@ def _cfg(tmp_path, teachers, **over) -> DistillConfig:
 
 @pytest.fixture
 def count_teacher(monkeypatch):
-    """Counts the teacher forward passes (calls of predict_probs, one per teacher and image)."""
+    """Counts the teacher forward passes (calls of predict_probs, one per teacher and image: the teacher is an evaluation.ensemble.Ensemble)."""
     calls = {"n": 0}
-    real = distill_mod.predict_probs
+    real = ensemble_mod.predict_probs
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(distill_mod, "predict_probs", counting)
+    monkeypatch.setattr(ensemble_mod, "predict_probs", counting)
     return calls
 
 

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--cost", action="store_true", help="also measure GFLOPs and the app's CPU latency at 360x480")
     s.add_argument("--update-manifests", action="store_true", help="write the metrics (and cost) into each checkpoint's manifest")
+    s.add_argument("--ensemble", action="store_true", help="evaluate the checkpoints (manifests or names in checkpoints/) as ONE model: the mean of their softmax probabilities, the teacher workbench distill uses")
     s.set_defaults(func="workbench.commands:cmd_eval")
 
     s = sub.add_parser("predict", help="segment images or folders with checkpoints: an index PNG label map, a colour overlay and optionally a JSON per image and checkpoint")

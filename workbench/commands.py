@@ -18,6 +18,7 @@ import torch
 
 from .data.datasets import build_dataset
 from .data.weighting import SEGNET_CAMVID_WEIGHTS, class_pixel_stats, inverse_frequency_weights, median_frequency_weights
+from .evaluation.ensemble import evaluate_ensemble
 from .evaluation.evaluate import EvaluationError, evaluate_checkpoint
 from .evaluation.leaderboard import precision_section
 from .evaluation.manifests import STANDARD_PROTOCOL, collect_checkpoints, protocol_deviations, record_int8, update_manifest, write_int8_entry
@@ -110,6 +111,8 @@ def _each_checkpoint(patterns, verb: str, work) -> tuple[list, list, int] | None
 
 def cmd_eval(args) -> int:
     """``workbench eval CHECKPOINT ...``: metrics JSON, leaderboard and confusion plots per split; 2 if any failed."""
+    if getattr(args, "ensemble", False):
+        return _eval_ensemble(args)
     if args.update_manifests:  # refused before any work, not after minutes of evaluation
         extra = protocol_deviations({"flip": args.flip, "scales": args.scales, "limit": args.limit})
         if args.engine != "torch":  # the manifest's metrics are the PyTorch model's; int8 figures go through workbench quantize
@@ -165,6 +168,39 @@ def cmd_eval(args) -> int:
         n_files = sum(len(v) for v in written.values())
         print(f"wrote {n_files} files to {args.out}: " + ", ".join(p.name for p in written["leaderboard"]) + " and per checkpoint .json / .confusion.png")
     return 2 if failed else 0
+
+
+def _eval_ensemble(args) -> int:
+    """``workbench eval CHECKPOINT ... --ensemble``: the checkpoints' mean probabilities as one model, written like one checkpoint's result."""
+    refused = [flag for flag, on in (("--update-manifests", args.update_manifests), ("--cost", args.cost), ("--engine", args.engine != "torch"),
+                                     ("--agreement-every", args.agreement_every is not None), ("--precision int8", args.precision == "int8")) if on]
+    if refused:
+        print(f"error: --ensemble evaluates in PyTorch and writes no manifest (an ensemble is not a checkpoint): drop {', '.join(refused)}", file=sys.stderr)
+        return 2
+    try:
+        res = evaluate_ensemble(
+            args.checkpoints,
+            dataset=args.dataset,
+            split=args.split,
+            data_root=args.data_root,
+            dataset_options=dict(args.dataset_option or []) or None,
+            flip=args.flip,
+            scales=args.scales,
+            window=tuple(args.window) if args.window else None,
+            stride=tuple(args.stride) if args.stride else None,
+            limit=args.limit,
+            device=args.device,
+            precision=args.precision,
+            progress=not args.quiet,
+        )
+    except (CheckpointError, EvaluationError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: ensemble: {exc}", file=sys.stderr)
+        return 2
+    written = write_results([res], args.out)
+    print(f"## {res['split']}: ensemble of {len(res['ensemble']['members'])}\n")
+    print(format_leaderboard([res]))
+    print(f"wrote {', '.join(p.name for v in written.values() for p in v)} to {args.out}")
+    return 0
 
 
 def _agreement_text(agree: dict, what: str) -> str:

@@ -23,9 +23,10 @@ always computed at the label's own resolution.
 
 Beside this module: :mod:`~workbench.evaluation.tta` (``predict_probs``,
 ``sliding_window_starts``, ``check_scales``), :mod:`~workbench.evaluation.report`
-(``format_leaderboard``, ``plot_confusion``, ``write_results``) and
+(``format_leaderboard``, ``plot_confusion``, ``write_results``),
 :mod:`~workbench.evaluation.manifests` (``update_manifest``, ``collect_checkpoints``,
-the standard protocol).
+the standard protocol) and :mod:`~workbench.evaluation.ensemble` (``evaluate_ensemble``:
+several checkpoints' mean probabilities as one model, ``workbench eval --ensemble``).
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ def evaluate_model(
             raise EvaluationError(f"{name}: mask shape {tuple(mask.shape)} does not match the image {tuple(image.shape[-2:])}")
         if min(image.shape[-2:]) < MIN_INPUT_SIZE:
             raise EvaluationError(f"{name}: image {tuple(image.shape[-2:])} is smaller than the models' minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}")
-        probs = predict_probs(model, image, flip=flip, window=window_hw, stride=stride_hw, scales=factors, precision=prec)  # (C, H, W)
+        own = getattr(model, "predict_probs", None)  # a model that combines its own probabilities (evaluation.ensemble.Ensemble)
+        run = own if callable(own) else lambda x, **tta: predict_probs(model, x, **tta)
+        probs = run(image, flip=flip, window=window_hw, stride=stride_hw, scales=factors, precision=prec)  # (C, H, W)
         if head_out is None:
             head_out = probs.shape[0]
             if num_classes is not None and head_out != int(num_classes):

@@ -41,11 +41,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data.transforms import TeacherMap
-from ..evaluation.tta import check_scales, predict_probs
+from ..evaluation.ensemble import Ensemble, load_ensemble
+from ..evaluation.ensemble import resolve_member as resolve_teacher
+from ..evaluation.tta import check_scales
 from ..inference.engines.cache import cache_root
-from ..io.checkpoint import atomic_write_bytes, load_checkpoint, read_manifest, sha256_file
+from ..io.checkpoint import atomic_write_bytes
 from ..io.state import load_state
-from ..paths import checkpoints_dir
 from .config import config_from_args
 from .distill_config import DistillConfig
 from .losses import DistillationLoss
@@ -58,38 +59,6 @@ _PROB_FLOOR = 1e-30  # the ensemble's probabilities are clamped here before the 
 
 
 # ----------------------------------------------------------------------------- teachers
-
-
-def resolve_teacher(spec: str) -> dict[str, Any]:
-    """One teacher's provenance: its manifest path, name, architecture, metrics and the sha256 of its weights file.
-
-    ``spec`` is a manifest (``.json``), its ``.safetensors``, or the name of a checkpoint in
-    ``checkpoints/`` (``camvid_unet``). The weights file is hashed here and must match the manifest.
-    """
-    p = Path(spec)
-    if not (p.suffix in (".json", ".safetensors") or p.exists()):
-        cand = checkpoints_dir() / f"{spec}.json"
-        if not cand.is_file():
-            raise FileNotFoundError(f"teacher {spec!r} not found: give a checkpoint's .json manifest or the name of one in {checkpoints_dir()}")
-        p = cand
-    manifest = read_manifest(p)
-    path = Path(manifest["_path"])
-    weights = path.parent / manifest["weights"].get("file", path.with_suffix(".safetensors").name)
-    if not weights.is_file():
-        raise FileNotFoundError(f"teacher {spec!r}: weights file {weights} does not exist")
-    digest = sha256_file(weights)
-    if digest != manifest["weights"]["sha256"]:
-        raise ValueError(f"teacher {spec!r}: {weights.name} has sha256 {digest[:12]}..., the manifest says {manifest['weights']['sha256'][:12]}...; the weights were modified")
-    metrics = manifest.get("metrics") or {}
-    return {
-        "checkpoint": path.stem,
-        "path": str(path),
-        "architecture": manifest.get("architecture"),
-        "weights_sha256": digest,
-        "classes": [c.get("name") if isinstance(c, dict) else c for c in (manifest.get("classes") or [])],
-        "val_miou": (metrics.get("val") or {}).get("miou"),
-        "test_miou": (metrics.get("test") or {}).get("miou"),
-    }
 
 
 class TeacherView(Dataset):
@@ -181,7 +150,7 @@ class DistillTrainer(Trainer):
     def _fill_cache(self) -> None:
         """Verify every training image's entry; compute (all teachers at once) and store those missing, corrupt or stale."""
         self.cache.prepare()
-        ds, models = self.train_set, None
+        ds, teacher = self.train_set, None
         todo: list[tuple[int, str, str]] = []
         for i in range(len(ds)):
             sample = ds[i]
@@ -193,27 +162,19 @@ class DistillTrainer(Trainer):
             print(f"teacher cache: rebuilding {problem}", file=sys.stderr, flush=True)
         if todo:
             print(f"teacher cache: computing {len(todo)} of {len(ds)} training images with {len(self.teachers)} teacher(s) into {self.cache.dir}", flush=True)
-            models = [load_checkpoint(t["path"], device=self.rt.device) for t in self.teachers]
+            teacher = load_ensemble([t["path"] for t in self.teachers], device=self.rt.device)[0]
         for i, name, digest in tqdm(todo, desc="teacher", disable=not todo, dynamic_ncols=True, mininterval=2.0):
             image = torch.as_tensor(np.asarray(ds[i]["image"]))
-            self.cache.store(name, digest, self._teacher_logp(models, image))
+            self.cache.store(name, digest, self._teacher_logp(teacher, image))
         self.cache_bytes = self.cache.size_bytes()
         n = len(ds)
         print(f"teacher cache: {n - len(todo)} of {n} images reused, {len(todo)} computed; {self.cache_bytes / 1e6:.1f} MB "
               f"({self.cache_bytes / max(n, 1) / 1e3:.0f} kB per image) in {self.cache.dir}", flush=True)
 
-    def _teacher_logp(self, models: list, image: torch.Tensor) -> np.ndarray:
+    def _teacher_logp(self, teacher: Ensemble, image: torch.Tensor) -> np.ndarray:
         """The ensemble's float32 (C, H, W) log-probabilities of one uint8 (C_in, H, W) image."""
-        acc = None
-        for model, manifest in models:
-            norm = manifest["normalization"]
-            mean = torch.tensor(norm["mean"], dtype=torch.float32)[:, None, None]
-            std = torch.tensor(norm["std"], dtype=torch.float32)[:, None, None]
-            x = (image.float() / 255.0 - mean) / std
-            p = predict_probs(model, x, flip=self.tta["flip"], scales=self.tta["scales"], precision=self.cfg.teacher_precision).float().cpu()
-            acc = p if acc is None else acc + p
+        probs = teacher.predict_probs(image.float() / 255.0, flip=self.tta["flip"], scales=self.tta["scales"], precision=self.cfg.teacher_precision).cpu()
         self.teacher_images_computed += 1
-        probs = acc / len(models)
         return probs.clamp_min(_PROB_FLOOR).log().numpy()
 
     # -- the loss, the state, the manifests
