@@ -19,7 +19,7 @@ from PIL import Image
 import workbench
 import workbench.app as app
 from workbench.app import architectures as architectures_tab
-from workbench.app import common, leaderboard, segment, task
+from workbench.app import common, leaderboard, own, segment, task
 from workbench.app import weights as weights_tab
 from workbench.app import compare as cmp
 
@@ -47,7 +47,7 @@ def demo():
 
 
 def test_every_registered_architecture_has_a_card(demo):
-    names = workbench.list_architectures()
+    names = workbench.list_architectures() + [f"own{i}" for i in range(own.MAX_PER_SESSION)]  # + the spare cards of a session's own checkpoints
     cards = [b for b in demo.blocks.values() if isinstance(b, gr.Column) and "wb-card" in (b.elem_classes or [])]
     assert sorted(c.elem_id for c in cards) == sorted(f"wb-card-{n}" for n in names)
     (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
@@ -341,7 +341,7 @@ def test_served_app_answers_gradio_client(demo, street):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         result = client.predict(handle_file(street), ["fcn8s", "unet"], 0.5, api_name="/compare")
-        names = workbench.list_architectures()
+        names = workbench.list_architectures() + [f"own{i}" for i in range(own.MAX_PER_SESSION)]  # the spare cards of a session's own checkpoints come last
         per_card = len(FIELDS)  # the column's visibility is not an API output
         assert per_card == 7 and len(result) == per_card * len(names) + 5  # header, mask, overlay, errors, confidence, legend, download per slot; disagreement image and text; ground truth; OOD notice; zip
         for i, name in enumerate(names):

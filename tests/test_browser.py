@@ -394,3 +394,45 @@ def test_evaluate_an_uploaded_zip(server, browser, tmp_path):
     page.locator("button[role=tab][aria-selected=true]", has_text="Compare").first.wait_for(timeout=60_000)
     page.locator("[role=tabpanel]:visible img[src*='scene']").first.wait_for(timeout=60_000)  # the table's first image
     page.close()
+
+
+def test_own_checkpoint_joins_compare_and_evaluate(server, browser, street, tmp_path):
+    """Compare's "Add your own checkpoint": upload a manifest + weights, the model gets a checkbox in Compare and in
+    Evaluate and its own card when Compare runs; another session (a new page) does not see it."""
+    import workbench
+    from workbench.classes import CAMVID_CLASSES
+
+    from conftest import make_tiny_model
+
+    ckpt = workbench.save_checkpoint(tmp_path / "mine", make_tiny_model("fcn32s", num_classes=11), {"classes": CAMVID_CLASSES})
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(server)
+    page.wait_for_selector("text=Segment", timeout=60_000)
+    page.get_by_text("Add your own checkpoint").first.click()
+    page.locator("#wb-own-files input[type=file]").set_input_files([str(ckpt), str(ckpt.with_suffix(".safetensors"))])
+    page.get_by_text("mine.safetensors").first.wait_for(timeout=60_000)
+    page.locator("#wb-own").get_by_role("button", name="Add", exact=True).click()
+    page.get_by_text("Yours, for this session only").first.wait_for(timeout=120_000)
+    label = "fcn32s · yours (mine)"
+    group = page.locator(".wb-archs")
+    for box in group.locator("input[type=checkbox]").all():  # keep fcn8s and the upload: a cheap run
+        name = box.locator("xpath=..").inner_text().strip()
+        if (name in ("fcn8s", label)) != box.is_checked():
+            box.click()
+    page.locator("input[type=file]").first.set_input_files(street)
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Segment").click()
+    own_card = page.locator("#wb-card-own0")
+    own_card.locator(".wb-latency").wait_for(timeout=180_000)
+    assert "your checkpoint" in own_card.inner_text()
+    page.wait_for_function("(card) => [...card.querySelectorAll('img')].filter((im) => im.complete && im.naturalWidth > 0).length >= 2",
+                           arg=own_card.element_handle(), timeout=120_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_own_checkpoint.png"), full_page=True)
+    page.get_by_role("tab", name="Evaluate").click()
+    panel = page.locator("[role=tabpanel]:visible").filter(has_text="Score several models")
+    panel.get_by_label(label, exact=True).wait_for(timeout=60_000)
+    other, _ = _open_tab(browser, server, "Evaluate", "Score several models")  # another session
+    assert other.get_by_label(label, exact=True).count() == 0
+    other.close()
+    page.close()

@@ -11,6 +11,7 @@ import html
 import inspect
 import io
 import os
+import re
 import tempfile
 import threading
 import time
@@ -110,6 +111,24 @@ def default_selection() -> list[str]:
 # --- examples and uploads
 
 
+def max_upload() -> str:
+    """Gradio refuses larger uploads before they reach a handler (``WORKBENCH_MAX_UPLOAD``, default 20mb)."""
+    return os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def max_upload_bytes() -> int:
+    """:func:`max_upload` in bytes ("20mb", "512kb", "1.5gb" or a plain number of bytes)."""
+    text = max_upload()
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"WORKBENCH_MAX_UPLOAD must be a size such as 20mb or 500kb, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+
+
 def example_images(n: int = 5) -> list[str]:
     """The app's example images: ``n`` CamVid test images from the data root when the data is there
     (``workbench fetch-data camvid``), else the CamVid test images shipped with the package (real street scenes
@@ -186,7 +205,12 @@ def read_upload(image_path: str | None) -> Image.Image:
 
 
 def badge(entry) -> str:
-    """``trained`` (with its test mIoU) or ``untrained`` for a zoo entry, as an HTML badge."""
+    """``trained`` (with its test mIoU), ``untrained``, or ``yours`` (a user's checkpoint, with the test mIoU its
+    manifest claims) for a zoo entry, as an HTML badge."""
+    if getattr(entry, "added", False):
+        miou = entry.test_miou
+        extra = f", its manifest says test mIoU {100 * miou:.1f}" if miou is not None else ""
+        return f'<span class="wb-badge wb-own">your checkpoint (this session only){extra}</span>'
     if entry.trained:
         miou = entry.test_miou
         extra = f", CamVid test mIoU {100 * miou:.1f}" if miou is not None else ""

@@ -41,6 +41,7 @@ from workbench.inference.ood import load_calibrations
 
 from . import knowledge
 from .common import HEAVY, LIGHT, architectures, badge, clock, fast_png, image_input, zoo
+from .own import MAX_PER_SESSION, OwnPanel, is_own, touch
 from .segment import CONFIDENCE_KINDS, cached_segment_stream
 
 __all__ = ["CARD_FIELDS", "RUNNING", "CardField", "CompareResult", "CompareTab", "card_values", "compare", "compare_stream", "results_zip", "encoded_images", "render_cards", "restyle"]
@@ -96,7 +97,8 @@ def _engine_text(res: dict) -> str:
 
 def _card_header(name: str, res: dict | None = None, error: str | None = None) -> str:
     entry = zoo().entries[name]
-    parts = [f"<b>{html.escape(entry.title)}</b> <code>{name}</code> {badge(entry)}"]
+    code = "" if entry.added else f" <code>{name}</code>"  # a user's checkpoint: its title says what it is
+    parts = [f"<b>{html.escape(entry.title)}</b>{code} {badge(entry)}"]
     res = res or {}
     if error:
         parts.append(f'<div class="wb-error">Error: {html.escape(error)}</div>')
@@ -370,11 +372,14 @@ def _props(value: Any) -> dict:
 class CompareTab:
     """The tab's components, one card per architecture, and its events.
 
-    Built inside a ``gr.Tab``; ``names`` are the architectures that get a card and a checkbox.
+    Built inside a ``gr.Tab``; ``names`` are the architectures that get a card and a checkbox. A session's own
+    checkpoints (:mod:`~workbench.app.own`) get the :data:`~workbench.app.own.MAX_PER_SESSION` spare cards
+    ``self.slots``, in the order they were added; the run's state keeps which key had which slot (``"slots"``).
     """
 
     def __init__(self, names: list[str], selection: list[str], examples: list[str]) -> None:
         self.names = list(names)
+        self.slots = [f"own{i}" for i in range(MAX_PER_SESSION)]
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 self.image = image_input()
@@ -384,6 +389,7 @@ class CompareTab:
                                               info="Max probability or entropy of each pixel's class probabilities; about 20 ms a model.")
                 self.button = gr.Button("Segment", variant="primary")
                 self.zip = gr.DownloadButton("Download all results (zip)", value=None, size="sm", variant="secondary")
+                self.own = OwnPanel()
             with gr.Column(scale=2, min_width=320):
                 self.note = gr.Markdown(knowledge.training_note(CAMVID_CLASSES), elem_classes=["wb-training-note"])
                 self.ood = gr.HTML()
@@ -395,13 +401,13 @@ class CompareTab:
         self.cards: dict[str, gr.Column] = {}
         self.fields: dict[str, dict[str, gr.components.Component]] = {}
         with gr.Row(equal_height=False):
-            for name in self.names:
+            for name in self.names + self.slots:
                 with gr.Column(visible=False, min_width=300, elem_classes=["wb-card"], elem_id=f"wb-card-{name}") as card:
                     self.fields[name] = {f.name: f.build() for f in CARD_FIELDS}
                 self.cards[name] = card
         # the API's order: per architecture its card and fields, then the disagreement map, its text, the ground truth
-        self.card_outputs = [c for name in self.names for c in (self.cards[name], *self.fields[name].values())]
-        self._card_of = {comp: self.cards[name] for name in self.names for comp in self.fields[name].values()}  # field -> its card
+        self.card_outputs = [c for name in self.names + self.slots for c in (self.cards[name], *self.fields[name].values())]
+        self._card_of = {comp: self.cards[name] for name in self.names + self.slots for comp in self.fields[name].values()}  # field -> its card
         self.outputs = [*self.card_outputs, self.disagreement, self.agreement, self.ground_truth, self.ood, self.zip, self.state]
         self.examples = gr.Examples(  # a click fills the inputs and runs Compare (wire()), answered from memory after the first time
             [[path, selection, 0.5] for path in examples], inputs=[self.image, self.archs, self.opacity],
@@ -409,10 +415,13 @@ class CompareTab:
             label="CamVid test images (ground truth and error maps shown)" if "camvid" in examples[0] else "A synthetic example (fetch CamVid for real ones: workbench fetch-data camvid)",
         )
 
-    def card_updates(self, cards: dict[str, dict]) -> dict:
-        """``{component: value}`` for the cards in ``cards`` (:func:`render_cards`' output, or part of it)."""
+    def card_updates(self, cards: dict[str, dict], slots: dict[str, str] | None = None) -> dict:
+        """``{component: value}`` for the cards in ``cards`` (:func:`render_cards`' output, or part of it);
+        ``slots``: the card each own checkpoint's key is shown in."""
         out: dict = {}
+        slots = slots or {}
         for name, values in cards.items():
+            name = slots.get(name, name)
             if name not in self.cards:
                 continue
             out[self.cards[name]] = gr.update(visible=values["visible"])
@@ -422,9 +431,12 @@ class CompareTab:
     def updates(self, result: CompareResult) -> dict:
         """``{component: value}`` for the outputs a step of a Compare run sets: every output for a complete
         result, else the changed cards, the progress sentence and the state (the rest stays as shown)."""
+        slots = result.state.get("slots") or {}
         if result.complete:
+            unused = [s for s in self.slots if s not in slots.values()]  # no own checkpoint there (now): hidden
             return {
-                **self.card_updates(result.cards),
+                **self.card_updates(result.cards, slots),
+                **self.card_updates({s: card_values(s, None, None, 0.0) for s in unused}),
                 self.disagreement: result.disagreement,
                 self.agreement: result.agreement,
                 self.ground_truth: result.ground_truth,
@@ -432,10 +444,16 @@ class CompareTab:
                 self.zip: None,  # cleared while this run's results come in: set by pack_zip after the run
                 self.state: result.state,
             }
-        changed = {name: result.cards[name] for name in result.changed if name in self.cards}
-        return {**self.card_updates(changed), self.agreement: result.agreement, self.ood: result.ood, self.state: result.state}
+        changed = {name: result.cards[name] for name in result.changed if slots.get(name, name) in self.cards}
+        return {**self.card_updates(changed, slots), self.agreement: result.agreement, self.ood: result.ood, self.state: result.state}
 
-    def run(self, image_path: str | None, archs: list[str], opacity: float, previous: dict | None = None, confidence: str | None = "off") -> Iterator[dict]:
+    def _slots(self, own: list[dict] | None) -> dict[str, str]:
+        """``{key: slot}`` for the session's own checkpoints that the zoo still serves, in the order they were added."""
+        keys = [s["key"] for s in own or [] if s.get("key") in zoo().entries]
+        return dict(zip(keys, self.slots))
+
+    def run(self, image_path: str | None, archs: list[str], opacity: float, previous: dict | None = None, confidence: str | None = "off",
+            own: list[dict] | None = None) -> Iterator[dict]:
         """Segment the image with every selected architecture, streaming each card as its model finishes
         (the /compare endpoint: its last value is the complete result).
 
@@ -445,6 +463,7 @@ class CompareTab:
         values back from the page while the same message sets them, so a card would keep an old mask or lose its
         new one until a later message set it again. A picture is encoded once per run: later steps send its file.
         ``confidence``: the dropdown's value ("off", or a kind of :data:`~workbench.app.segment.CONFIDENCE_KINDS`).
+        ``own``: the session's own checkpoints (:class:`~workbench.app.own.OwnPanel`'s state).
         """
         kind = None if confidence in (None, "", "off") else confidence
         if kind is not None and kind not in CONFIDENCE_KINDS:
@@ -452,7 +471,14 @@ class CompareTab:
         shown: dict = {}  # component -> {"value"?, "visible"?}: what this run has the page show
         known = self._visibility(previous)  # component -> the visibility the page has
         files: dict[int, tuple[Any, str]] = {}  # id(picture) -> (the picture, kept alive; the file Gradio wrote for it)
-        for result in compare_stream(image_path, archs, opacity, names=self.names, confidence=kind):
+        slots = self._slots(own)
+        touch(slots)
+        gone = [a for a in archs or [] if is_own(a) and a not in slots]
+        if gone:
+            gr.Warning(f"{len(gone)} of your checkpoints is no longer kept (unused for an hour, or the session ended): add it again.")
+            archs = [a for a in archs if a not in gone]
+        for result in compare_stream(image_path, archs, opacity, names=self.names + list(slots), confidence=kind):
+            result.state["slots"] = slots
             for comp, value in self.updates(result).items():
                 update = _props(value)
                 if "value" in update and isinstance(comp, gr.Image):
@@ -473,7 +499,9 @@ class CompareTab:
         """The visibility each card has on the page after the run that left ``state`` (none known without it)."""
         if not state or "archs" not in state:
             return {}
-        return {self.cards[name]: name in state["archs"] for name in self.names}
+        slots = state.get("slots") or {}
+        shown = {slots.get(name, name) for name in state["archs"]}
+        return {self.cards[name]: name in shown for name in self.names + self.slots}
 
     def _send(self, shown: dict, known: dict) -> dict:
         """``{component: value}`` that sets every value in ``shown`` and a visibility only where the page's
@@ -498,10 +526,12 @@ class CompareTab:
     def restyle(self, state: dict | None, opacity: float) -> dict:
         """Redraw the overlays; the cards keep their visibility (a restyle shows and hides nothing)."""
         known = self._visibility(state) if state else {comp: False for comp in self.cards.values()}
-        shown = {comp: _props(value) for comp, value in self.card_updates(restyle(state, opacity, self.names)).items()}
-        errors = {self.fields[name][key] for name in self.names for key in ("errors", "confidence")}  # shown as they were
+        slots = {k: v for k, v in ((state or {}).get("slots") or {}).items() if k in zoo().entries}
+        shown = {comp: _props(value) for comp, value in self.card_updates(restyle(state, opacity, self.names + list(slots)), slots).items()}
+        errors = {self.fields[name][key] for name in self.names + self.slots for key in ("errors", "confidence")}  # shown as they were
         known |= {comp: want.get("visible") for comp, want in shown.items() if comp in errors}
-        return self._send(shown, known)
+        out = self._send(shown, known)
+        return {comp: out.get(comp, gr.skip()) for comp in self.card_outputs}  # spare cards no own checkpoint uses: as they are
 
     def pack_zip(self, state: dict | None) -> str | None:
         """The zip download of the last run's results (an event chained after the run; no network runs here)."""
@@ -509,7 +539,7 @@ class CompareTab:
 
     def wire(self):
         """The tab's events (inside the Blocks, after the layout); returns the Segment click's event (to chain on)."""
-        inputs = [self.image, self.archs, self.opacity, self.state, self.confidence]
+        inputs = [self.image, self.archs, self.opacity, self.state, self.confidence, self.own.state]
         event = self.button.click(self.run, inputs, self.outputs, api_name="compare", **HEAVY)
         event.success(self.pack_zip, [self.state], [self.zip], api_name=False, **LIGHT)
         # an example's click runs the same handler in the same queue slot, after it has filled the inputs

@@ -48,6 +48,7 @@ from workbench.paths import resolve_data_root
 
 from .common import HEAVY, LIGHT, engine_kwargs, zoo
 from .gpu import on_gpu
+from .own import is_own, touch
 
 __all__ = [
     "build",
@@ -280,7 +281,11 @@ def run_evaluation(archs: list[str], set_name: str, upload: str | None, limit: f
         raise gr.Error(f"The number of images must be between 1 and {MAX_IMAGES}.")
     kind = _set_kind(set_name)
     models = _zoo_for(kind)
-    unknown = [a for a in archs if a not in models.entries]
+    gone = [a for a in archs if is_own(a) and a not in zoo().entries]
+    if gone:
+        raise gr.Error(f"{len(gone)} of your checkpoints is no longer kept (unused for an hour, or the session ended): add it again in Compare.")
+    touch(archs)
+    unknown = [a for a in archs if a not in models.entries and not is_own(a)]
     if unknown:
         raise gr.Error(f"Unknown model(s): {', '.join(unknown)}.")
     with tempfile.TemporaryDirectory(prefix="workbench-evaluate-") as tmp:
@@ -292,11 +297,17 @@ def run_evaluation(archs: list[str], set_name: str, upload: str | None, limit: f
         yield from _run(archs, set_name, folder, n_max, models, progress)
 
 
+def _source(models: Zoo, name: str) -> Zoo:
+    """The zoo that serves ``name``: the set's (``models``), or the app's for a user's own checkpoint, which can
+    be any dataset's (it is skipped when its classes do not fit the set)."""
+    return zoo() if is_own(name) else models
+
+
 def _run(archs, set_name, folder, n_max, models, progress):
     predictors, notes = {}, []
     for a in archs:
         try:
-            predictors[a] = models.predictor(a)
+            predictors[a] = _source(models, a).predictor(a)
         except Exception as exc:
             notes.append(f"`{a}` could not be loaded: {type(exc).__name__}: {exc}")
     if not predictors:
@@ -315,7 +326,7 @@ def _run(archs, set_name, folder, n_max, models, progress):
             del predictors[a]
     if not predictors:
         raise gr.Error("None of the chosen models fits this set: " + "; ".join(notes))
-    untrained = [a for a in predictors if not models.entries[a].trained]
+    untrained = [a for a in predictors if not _source(models, a).entries[a].trained]
     if untrained:
         notes.append(f"Untrained (random weights, no {models.dataset} checkpoint): {', '.join(f'`{a}`' for a in untrained)}.")
     n = min(len(ds0), n_max)
@@ -417,13 +428,14 @@ SHOW_COMPARE = """(name) => {
 }"""
 
 
-def build(names: list[str], compare_image: gr.Image) -> None:
-    """Lay out the Evaluate tab and wire its events; "Open in Compare" fills ``compare_image`` and shows that tab."""
+def build(names: list[str], compare_image: gr.Image) -> gr.CheckboxGroup:
+    """Lay out the Evaluate tab and wire its events; "Open in Compare" fills ``compare_image`` and shows that tab.
+    Returns the models' checkbox group (the session's own checkpoints join its choices: :mod:`~workbench.app.own`)."""
     sets = available_sets()
     gr.Markdown(
         "Score several models on labelled images: the shipped examples, a CamVid or ISBI split when the data is "
         f"there, or your own zip with `images/` and `masks/` (same file names; masks as CamVid class ids 0-10, 255 = void, "
-        f"or in the CamVid colours). Uploads: at most {human_size(MAX_ZIP_BYTES)}, {MAX_IMAGES} images, {MAX_IMAGE_SIDE} "
+        f"or in the CamVid colours). Your own checkpoints join the models once added in Compare (*Add your own checkpoint*). Uploads: at most {human_size(MAX_ZIP_BYTES)}, {MAX_IMAGES} images, {MAX_IMAGE_SIDE} "
         "pixels a side; unpacked into a temporary folder that is removed after the run."
     )
     with gr.Row():
@@ -448,3 +460,4 @@ def build(names: list[str], compare_image: gr.Image) -> None:
     )
     table.select(select_row, [state], chosen, api_name=False, **LIGHT)
     open_btn.click(open_in_compare, [chosen, state], compare_image, api_name=False, **LIGHT).success(None, [chosen], None, js=SHOW_COMPARE)
+    return archs

@@ -58,11 +58,12 @@ def build_app(examples: list[str] | None = None, selection: list[str] | None = N
         with gr.Tab("Upsampling"):
             upsampling.build(demo, examples)
         with gr.Tab("Evaluate"):
-            evaluate.build(names, compare_tab.image)
+            evaluate_models = evaluate.build(names, compare_tab.image)
         with gr.Tab("Leaderboard"):
             leaderboard.build(demo)
         with gr.Tab("Loss weighting"):
             weights.build()
+        compare_tab.own.wire(names, compare_tab.archs, evaluate_models)  # a session's own checkpoints join both tabs' choices
         compare_tab.wire().then(status_markdown, None, status, api_name=False, **LIGHT)  # which engines ran, and why
         demo.load(status_markdown, None, status, api_name=False, **LIGHT)
     # Beyond queue_size() waiting events Gradio answers "Queue is full" at once instead of letting requests pile up.

@@ -8,7 +8,7 @@ import os
 import gradio as gr
 
 from . import gpu
-from .common import ENGINES, default_selection, example_images, set_engine, zoo
+from .common import ENGINES, default_selection, example_images, max_upload, set_engine, zoo
 from .common import engine as engine_in_use
 from .layout import build_app
 from .patches import limit_malloc_arenas
@@ -18,11 +18,6 @@ from .theme import CSS
 __all__ = ["cmd_app", "launch", "main"]
 
 MAX_SESSIONS = 128  # sessions whose state is kept; the oldest are dropped beyond this
-
-
-def max_upload() -> str:
-    """Gradio refuses larger uploads before they reach a handler (``WORKBENCH_MAX_UPLOAD``, default 20mb)."""
-    return os.environ.get("WORKBENCH_MAX_UPLOAD", "20mb")
 
 
 def warm_examples_enabled() -> bool:

@@ -39,6 +39,8 @@ class ZooEntry:
     title: str
     checkpoint: Path | None = None  # manifest path, None = untrained
     manifest: Manifest = field(default_factory=Manifest)  # empty when untrained
+    added: bool = False  # added at run time (Zoo.add: a user's checkpoint), not one of the registered architectures
+    engine: str | None = None  # the engine this entry runs on (None: the zoo's)
 
     @property
     def trained(self) -> bool:
@@ -111,6 +113,37 @@ class Zoo:
     def names(self) -> list[str]:
         return list(self.entries)
 
+    def add(self, name: str, checkpoint: str | os.PathLike, *, title: str | None = None, engine: str | None = None) -> ZooEntry:
+        """Serve one more checkpoint under ``name`` (e.g. a user's upload, for one session of the app).
+
+        The manifest is read (and refused with :class:`~workbench.io.manifest.CheckpointError` if invalid); the
+        weights load on first use, like every entry's. ``engine``: the engine it runs on (default: the zoo's;
+        ``"torch"`` skips ``auto``'s once-per-checkpoint measurement). Replaces nothing: a taken name raises
+        ``ValueError``. Entries are swapped in as a new dict, so a request iterating over them never sees
+        the change half-made.
+        """
+        manifest = Manifest.read(checkpoint)
+        with self._provisional_lock:
+            if name in self.entries:
+                raise ValueError(f"the zoo already serves {name!r}")
+            entry = ZooEntry(name, title or manifest.architecture or name, Path(checkpoint), manifest, added=True, engine=engine)
+            self._locks[name] = threading.Lock()
+            self.entries = {**self.entries, name: entry}
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Stop serving an entry made by :meth:`add` (its predictor is dropped; a request running it finishes)."""
+        with self._provisional_lock:
+            entry = self.entries.get(name)
+            if entry is None:
+                return
+            if not entry.added:
+                raise ValueError(f"{name!r} is a registered architecture; only checkpoints added at run time can be removed")
+            self.entries = {k: v for k, v in self.entries.items() if k != name}
+            self._predictors.pop(name, None)
+            self._provisional.pop(name, None)
+            self._locks.pop(name, None)
+
     def predictor(self, name: str) -> Predictor:
         """The cached predictor for ``name`` (built on first use). Raises on a broken checkpoint.
 
@@ -128,18 +161,22 @@ class Zoo:
         return self._build(name)
 
     def _build(self, name: str) -> Predictor:
-        with self._locks[name]:
+        lock = self._locks.get(name)
+        if lock is None:  # removed meanwhile
+            raise KeyError(f"{name!r} is no longer served")
+        with lock:
             pred = self._predictors.get(name)
             if pred is None:
                 entry = self.entries[name]
                 if entry.trained:
-                    pred = Predictor(entry.checkpoint, self.device, precision=self.precision, max_side=self.max_side, engine=self.engine)
+                    pred = Predictor(entry.checkpoint, self.device, precision=self.precision, max_side=self.max_side, engine=entry.engine or self.engine)
                 else:
                     torch.manual_seed(0)  # untrained, but the same untrained weights every time
                     model = create_model(name, num_classes=self.num_classes)
                     pred = Predictor(model, self.device, precision=self.precision, max_side=self.max_side, classes=CAMVID_CLASSES if self.num_classes == 11 else None, engine=self.engine)
                 pred.warmup()
-                self._predictors[name] = pred
+                if name in self.entries:  # not removed while it was being built
+                    self._predictors[name] = pred
             return pred
 
     def _stand_in(self, name: str) -> Predictor:

@@ -48,6 +48,7 @@ __all__ = [
     "push_to_hub",
     "from_hub",
     "download_from_hub",
+    "hub_file_size",
     "save_local_copy",
     "model_card",
 ]
@@ -215,6 +216,19 @@ def download_from_hub(
     if weights_file.parent != manifest_file.parent:
         raise HubError(f"{repo_id}: {weights_name} and {MANIFEST_NAME} were fetched from different snapshots ({weights_file.parent.name} vs {manifest_file.parent.name}); try again")
     return manifest_file
+
+
+def hub_file_size(repo_id: str, filename: str = WEIGHTS_NAME, *, revision: str | None = None, token: str | None = None) -> int | None:
+    """The size in bytes the Hub reports for one file of a repository (one HEAD request, nothing downloaded), so
+    a caller can refuse a file that is too large before fetching it. None when offline (``HF_HUB_OFFLINE``) or
+    when the Hub does not answer: :func:`download_from_hub` then gives the real error, or finds the cached copy."""
+    if _offline():
+        return None
+    try:
+        meta = hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, filename, revision=revision), token=token)
+    except Exception:  # not found, no network, a bad id: the download that follows says which, in plain words
+        return None
+    return int(meta.size) if meta.size is not None else None
 
 
 def from_hub(
