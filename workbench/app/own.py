@@ -261,7 +261,9 @@ class OwnPanel:
                 self.remove_choice = gr.Dropdown([], label="Remove", scale=2)
                 self.remove = gr.Button("Remove", size="sm")
             self.listing = gr.Markdown(_listing([]))
-        self.state = gr.State([], time_to_live=IDLE_TTL_S, delete_callback=forget)
+        # no time to live: Gradio's counts from the last change of the state, not from the last use; it deletes the
+        # state (calling forget) once the tab has been closed for a while, and _sweep drops what sits idle
+        self.state = gr.State([], delete_callback=forget)
 
     def wire(self, names: list[str], compare_archs: gr.CheckboxGroup, evaluate_archs: gr.CheckboxGroup | None) -> None:
         """``names``: the registered architectures (the choices before any own checkpoint)."""
