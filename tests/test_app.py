@@ -573,3 +573,29 @@ def test_launch_serves_with_the_app_settings(monkeypatch):
     assert seen["server_port"] == 7998 and seen["max_file_size"] == "3mb" and seen["css"] == app.theme.CSS
     assert seen["state_session_capacity"] == launch_module.MAX_SESSIONS
     assert demo._queue.max_size == app.layout.queue_size()
+
+
+def test_fast_skip_sends_the_page_what_gradio_sends(demo, street):
+    """patches.install_fast_skip: every step of a Compare run reaches the page exactly as through Gradio's own output
+    processing (skips included), with the skips no longer rebuilding their components."""
+    import asyncio
+    import copy
+
+    from gradio import blocks
+    from gradio.state_holder import SessionState
+
+    patched = blocks.Blocks.postprocess_data
+    assert getattr(patched, "workbench_fast_skip", False), "build_app installs the fast path"
+    original = patched.workbench_original
+    (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "compare"]
+    block_fn = demo.fns[dep["id"]]
+    steps = list(block_fn.fn(street, ["fcn8s", "naive"], 0.5))
+    ours, gradios = SessionState(demo), SessionState(demo)
+    skips = 0
+    for step in steps:
+        # Gradio pops "value" out of the update dicts it is given: each call gets its own copy of the step
+        a = asyncio.run(patched(demo, block_fn, {c: copy.copy(v) if isinstance(v, dict) else v for c, v in step.items()}, ours))
+        b = asyncio.run(original(demo, block_fn, {c: copy.copy(v) if isinstance(v, dict) else v for c, v in step.items()}, gradios))
+        assert a == b
+        skips += sum(1 for v in a if isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v and "visible" not in v)
+    assert skips > 0  # the runs did skip outputs, so the fast path was exercised

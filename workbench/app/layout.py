@@ -13,7 +13,7 @@ import gradio as gr
 from . import architectures, evaluate, features, leaderboard, receptive, task, upsampling, weights
 from .common import LIGHT, architectures as registered, default_selection, example_images, status_markdown
 from .compare import CompareTab
-from .patches import install_atomic_image_cache
+from .patches import install_atomic_image_cache, install_fast_skip
 from .segment import register_examples
 from .theme import TITLE
 
@@ -36,6 +36,7 @@ def build_app(examples: list[str] | None = None, selection: list[str] | None = N
         selection: the Compare tab's preselected architectures (default: :func:`~workbench.app.common.default_selection`).
     """
     install_atomic_image_cache()
+    install_fast_skip()
     names = registered()
     examples = register_examples(examples if examples is not None else example_images())
     selection = selection if selection is not None else default_selection()

@@ -1,4 +1,5 @@
-"""Process-wide settings for serving: a capped number of malloc arenas and an atomic Gradio image cache.
+"""Process-wide settings for serving: a capped number of malloc arenas, an atomic Gradio image cache, and a
+fast path for ``gr.skip()`` in Gradio's output processing.
 
 Both change global state, so nothing here runs at import: :func:`~workbench.app.build_app` and
 :func:`~workbench.app.launch` call them.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from workbench.io.checkpoint import atomic_write_bytes
 
-__all__ = ["install_atomic_image_cache", "limit_malloc_arenas"]
+__all__ = ["install_atomic_image_cache", "install_fast_skip", "limit_malloc_arenas"]
 
 
 def limit_malloc_arenas(n: int = 2) -> None:
@@ -63,3 +64,48 @@ def install_atomic_image_cache() -> None:
 
     save_pil_to_cache.workbench_atomic = True
     pu.save_pil_to_cache = save_pil_to_cache
+
+
+def _is_skip(value) -> bool:
+    """``gr.skip()``: an update that changes nothing (no property, no value)."""
+    return type(value) is dict and len(value) == 1 and value.get("__type__") == "update"
+
+
+def install_fast_skip() -> None:
+    """Let Gradio pass ``gr.skip()`` outputs through without rebuilding their component (idempotent).
+
+    For every update dict an event returns, Gradio 6 rebuilds the output's component from its constructor
+    arguments and regenerates its config (a pydantic JSON schema), about 2 ms each, even for ``gr.skip()``, which
+    changes nothing and reaches the page as ``{"__type__": "update"}`` whatever is done. Each step of a Compare
+    run skips a dozen card columns whose visibility stays as it is, so this cost added up to about a third of
+    the served request's time on a 2-core CPU. Here skips are set aside before Gradio's output processing and
+    put back, as what Gradio's ``postprocess_update_dict`` makes of them, after it; every other output is processed by Gradio as
+    before (``tests/test_app.py`` checks that the page receives the same data either way).
+    """
+    from gradio import blocks, components  # gradio's internals, touched only when the app is built
+
+    original = blocks.Blocks.postprocess_data
+    if getattr(original, "workbench_fast_skip", False):
+        return
+    if not all(hasattr(blocks, f) for f in ("convert_component_dict_to_list", "postprocess_update_dict")) or not hasattr(components._Keywords, "FINISHED_ITERATING"):
+        return  # a Gradio without these internals: leave it alone
+
+    async def postprocess_data(self, block_fn, predictions, state):
+        outputs = list(block_fn.outputs)
+        if len(outputs) > 1 and isinstance(predictions, dict) and predictions and not _is_skip(predictions):
+            predictions = blocks.convert_component_dict_to_list(outputs, predictions)
+        skipped = []
+        if len(outputs) > 1 and isinstance(predictions, (list, tuple)) and len(predictions) == len(outputs):
+            predictions = list(predictions)
+            for i, (block, value) in enumerate(zip(outputs, predictions)):
+                if not block.stateful and _is_skip(value):
+                    predictions[i] = components._Keywords.FINISHED_ITERATING  # Gradio's own "nothing here": no work
+                    skipped.append(i)
+        out = await original(self, block_fn, predictions, state)
+        for i in skipped:  # what Gradio sends for a skip (its own function, without rebuilding the component)
+            out[i] = blocks.postprocess_update_dict(outputs[i], {"__type__": "update"}, postprocess=False)
+        return out
+
+    postprocess_data.workbench_fast_skip = True
+    postprocess_data.workbench_original = original
+    blocks.Blocks.postprocess_data = postprocess_data
