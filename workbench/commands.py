@@ -128,18 +128,7 @@ def cmd_eval(args) -> int:
     def work(ckpt):
         res = evaluate_checkpoint(
             ckpt,
-            dataset=args.dataset,
-            split=args.split,
-            data_root=args.data_root,
-            dataset_options=dict(args.dataset_option or []) or None,
-            flip=args.flip,
-            scales=args.scales,
-            window=tuple(args.window) if args.window else None,
-            stride=tuple(args.stride) if args.stride else None,
-            limit=args.limit,
-            device=args.device,
-            precision=args.precision,
-            progress=not args.quiet,
+            **_eval_options(args),
             cost=args.cost or args.update_manifests,
             engine=args.engine,
             agreement_every=args.agreement_every,
@@ -170,6 +159,24 @@ def cmd_eval(args) -> int:
     return 2 if failed else 0
 
 
+def _eval_options(args) -> dict:
+    """The options ``workbench eval`` passes to the evaluation of a checkpoint and of an ensemble alike."""
+    return dict(
+        dataset=args.dataset,
+        split=args.split,
+        data_root=args.data_root,
+        dataset_options=dict(args.dataset_option or []) or None,
+        flip=args.flip,
+        scales=args.scales,
+        window=tuple(args.window) if args.window else None,
+        stride=tuple(args.stride) if args.stride else None,
+        limit=args.limit,
+        device=args.device,
+        precision=args.precision,
+        progress=not args.quiet,
+    )
+
+
 def _eval_ensemble(args) -> int:
     """``workbench eval CHECKPOINT ... --ensemble``: the checkpoints' mean probabilities as one model, written like one checkpoint's result."""
     refused = [flag for flag, on in (("--update-manifests", args.update_manifests), ("--cost", args.cost), ("--engine", args.engine != "torch"),
@@ -178,21 +185,7 @@ def _eval_ensemble(args) -> int:
         print(f"error: --ensemble evaluates in PyTorch and writes no manifest (an ensemble is not a checkpoint): drop {', '.join(refused)}", file=sys.stderr)
         return 2
     try:
-        res = evaluate_ensemble(
-            args.checkpoints,
-            dataset=args.dataset,
-            split=args.split,
-            data_root=args.data_root,
-            dataset_options=dict(args.dataset_option or []) or None,
-            flip=args.flip,
-            scales=args.scales,
-            window=tuple(args.window) if args.window else None,
-            stride=tuple(args.stride) if args.stride else None,
-            limit=args.limit,
-            device=args.device,
-            precision=args.precision,
-            progress=not args.quiet,
-        )
+        res = evaluate_ensemble(args.checkpoints, **_eval_options(args))
     except (CheckpointError, EvaluationError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: ensemble: {exc}", file=sys.stderr)
         return 2
