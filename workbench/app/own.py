@@ -281,13 +281,17 @@ class OwnPanel:
             return out
 
         def on_add(files, repo_id, state, *selected):
+            if not files and not (repo_id or "").strip():  # nothing chosen yet: say so, change nothing
+                gr.Warning("Choose the two files of a checkpoint (.json and .safetensors), or type a Hub repository id.")
+                return [gr.skip()] * len(outputs)
             state, own = add_checkpoint(files, repo_id, state)
             gr.Info(f"Added {own.label}: select it in Compare or Evaluate.")
             return after(state, selected, own.key)
 
         def on_remove(key, state, *selected):
             if not key:
-                raise gr.Error("Choose one of your checkpoints to remove.")
+                gr.Warning("Choose one of your checkpoints to remove.")
+                return [gr.skip()] * len(outputs)
             forget([s for s in state or [] if s["key"] == key])
             return after([s for s in state or [] if s["key"] != key], selected)
 

@@ -125,7 +125,8 @@ def _start_app(port: int, *, timeout_s: float = 180.0, poll_s: float = 0.5, env:
 
 def mask_positions(client) -> list[int]:
     """Where the served /compare endpoint returns each card's mask: the positions of its outputs labelled
-    "Mask", one per card, in the order of the cards (the registry's)."""
+    "Mask", one per card, in the order of the cards (the registry's, then the spare cards of a session's own
+    checkpoints)."""
     returns = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compare"]["returns"]
     return [i for i, r in enumerate(returns) if r.get("label") == "Mask"]
 
@@ -133,7 +134,7 @@ def mask_positions(client) -> list[int]:
 def _masks(result, archs: list[str], positions: list[int]) -> dict[str, np.ndarray]:
     """The mask images of ``archs`` from a /compare result (``positions``: :func:`mask_positions`)."""
     names = workbench.list_architectures()
-    if len(positions) != len(names):
+    if len(positions) < len(names):  # the architectures' cards come first; spare cards for users' own checkpoints may follow
         raise RuntimeError(f"/compare returns {len(positions)} masks for {len(names)} registered architectures")
     out = {}
     for a in archs:
