@@ -408,9 +408,17 @@ def test_own_checkpoint_joins_compare_and_evaluate(server, browser, street, tmp_
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.goto(server)
     page.wait_for_selector("text=Segment", timeout=60_000)
-    page.get_by_text("Add your own checkpoint").first.click()
+    files = page.locator("#wb-own-files")
+    for _ in range(5):  # a click before the page has hydrated may not open the accordion: try again
+        page.get_by_text("Add your own checkpoint").first.click()
+        try:
+            files.wait_for(state="visible", timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 - still closed
+            continue
+    files.wait_for(state="visible", timeout=10_000)
     page.locator("#wb-own-files input[type=file]").set_input_files([str(ckpt), str(ckpt.with_suffix(".safetensors"))])
-    page.get_by_text("mine.safetensors").first.wait_for(timeout=60_000)
+    files.get_by_text("mine.safetensors").first.wait_for(timeout=60_000)
     page.locator("#wb-own").get_by_role("button", name="Add", exact=True).click()
     page.get_by_text("Yours, for this session only").first.wait_for(timeout=120_000)
     label = "fcn32s · yours (mine)"
