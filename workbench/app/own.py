@@ -141,9 +141,9 @@ def _upload_paths(files) -> tuple[Path, Path]:
     return manifests[0], weights[0]
 
 
-def stage_upload(files, folder: Path) -> Path:
+def stage_upload(files, folder: Path) -> tuple[Path, str]:
     """Copy an uploaded manifest + weights into ``folder`` (created) as ``workbench.json`` + ``model.safetensors``,
-    the manifest pointing at the copy; returns the manifest's path. Refuses (``gr.Error``) wrong kinds of files,
+    the manifest pointing at the copy; returns the copy's path and the uploaded manifest's name (without ``.json``). Refuses (``gr.Error``) wrong kinds of files,
     oversized ones and an unreadable manifest; the weights themselves are checked when the checkpoint loads."""
     manifest_file, weights_file = _upload_paths(files)
     try:
@@ -159,7 +159,7 @@ def stage_upload(files, folder: Path) -> Path:
     data["weights"] = {**data.get("weights", {}), "file": WEIGHTS_NAME}
     path = folder / "workbench.json"
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode(), durable=False)
-    return path
+    return path, manifest_file.stem
 
 
 def fetch_hub(repo_id: str) -> Path:
@@ -204,8 +204,7 @@ def add_checkpoint(files, repo_id: str | None, state: list[dict] | None) -> tupl
     try:
         if files:
             folder = _FOLDER / key
-            path = stage_upload(files, folder)
-            source = Path(_upload_paths(files)[0]).stem
+            path, source = stage_upload(files, folder)
         elif repo_id and repo_id.strip():
             path = fetch_hub(repo_id)
             source = repo_id.strip()
